@@ -1,0 +1,195 @@
+"""The job ledger: the Postgres record of every job, shared by ingest and the workers.
+
+Postgres is the source of truth for a job's existence and outcome; Redis only carries the
+message. Every method takes the connection (or pool) to run on, so callers choose the
+transaction: the worker runs a handler's effect and :meth:`JobLedger.complete` in one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import asyncpg
+
+from relayq_core.db.queries import SQL_DIR, load_queries
+from relayq_core.jobs import AttemptRecord, JobRecord, JobSpec, JobState
+
+_Q = load_queries(SQL_DIR / "ledger.sql")
+
+
+class Executor(Protocol):
+    """What both ``asyncpg.Connection`` and ``asyncpg.Pool`` offer."""
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]: ...
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None: ...
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decodes json/jsonb to Python values on this connection (pool ``init=`` hook)."""
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A connection pool with relayq's codecs."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init_connection
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection with relayq's codecs."""
+    conn = await asyncpg.connect(dsn)
+    await init_connection(conn)
+    return conn
+
+
+@dataclass(frozen=True)
+class ExistingJob:
+    """The parts of a recorded job a re-submit is compared with."""
+
+    job_id: str
+    idempotency_key: str
+    task: str
+    queue: str
+    fingerprint: bytes
+    state: JobState
+    enqueued: bool
+
+
+def _attempt(row: asyncpg.Record) -> AttemptRecord:
+    return AttemptRecord(
+        number=row["number"],
+        worker=row["worker"],
+        started_at=row["started_at"],
+        duration_seconds=row["duration_seconds"],
+        outcome=row["outcome"],
+        error_type=row["error_type"],
+        error_message=row["error_message"],
+        countdown_seconds=row["countdown_seconds"],
+    )
+
+
+class JobLedger:
+    """The ledger's operations; stateless, so one instance serves a whole process."""
+
+    async def insert_jobs(self, db: Executor, specs: Sequence[JobSpec]) -> set[str]:
+        """Records new jobs in one round trip; returns the ids actually inserted."""
+        if not specs:
+            return set()
+        rows = await db.fetch(
+            _Q["insert_jobs"],
+            [s.job_id for s in specs],
+            [s.idempotency_key for s in specs],
+            [s.task for s in specs],
+            [s.queue for s in specs],
+            [s.payload for s in specs],
+            [s.fingerprint for s in specs],
+            [s.trace_id for s in specs],
+        )
+        return {r["job_id"] for r in rows}
+
+    async def find_existing(
+        self, db: Executor, keys: Sequence[str], job_ids: Sequence[str]
+    ) -> list[ExistingJob]:
+        """Recorded jobs holding any of ``keys`` or ``job_ids``."""
+        rows = await db.fetch(_Q["find_existing"], list(keys), list(job_ids))
+        return [
+            ExistingJob(
+                job_id=r["job_id"],
+                idempotency_key=r["idempotency_key"],
+                task=r["task"],
+                queue=r["queue"],
+                fingerprint=bytes(r["fingerprint"]),
+                state=JobState(r["state"]),
+                enqueued=r["enqueued_at"] is not None,
+            )
+            for r in rows
+        ]
+
+    async def mark_enqueued(self, db: Executor, job_ids: Sequence[str]) -> None:
+        """Notes that the broker accepted these jobs' messages."""
+        if job_ids:
+            await db.execute(_Q["mark_enqueued"], list(job_ids))
+
+    async def get_job(self, db: Executor, job_id: str) -> JobRecord | None:
+        """The job with its attempts, or None."""
+        row = await db.fetchrow(_Q["get_job"], job_id)
+        if row is None:
+            return None
+        attempts = [_attempt(r) for r in await db.fetch(_Q["get_attempts"], job_id)]
+        return JobRecord(
+            job_id=row["job_id"],
+            idempotency_key=row["idempotency_key"],
+            task=row["task"],
+            queue=row["queue"],
+            payload=row["payload"],
+            state=JobState(row["state"]),
+            attempt_count=row["attempt_count"],
+            result=row["result"],
+            last_error=row["last_error"] or "",
+            trace_id=row["trace_id"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            enqueued_at=row["enqueued_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            next_attempt_at=row["next_attempt_at"],
+            attempts=attempts,
+        )
+
+    async def claim(self, db: Executor, job_id: str) -> int | None:
+        """Starts an attempt; its number, or None when the job is already finished or unknown."""
+        row = await db.fetchrow(_Q["claim"], job_id)
+        return None if row is None else int(row["attempt_count"])
+
+    async def peek_state(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
+        """The job's state and stored result, or None when unknown."""
+        row = await db.fetchrow(_Q["peek_state"], job_id)
+        return None if row is None else (JobState(row["state"]), row["result"])
+
+    async def lock_for_outcome(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
+        """Locks the job's row until the transaction ends; its state and result."""
+        row = await db.fetchrow(_Q["lock_for_outcome"], job_id)
+        return None if row is None else (JobState(row["state"]), row["result"])
+
+    async def complete(self, db: Executor, job_id: str, result: Any) -> None:
+        """Records success and the handler's result."""
+        await db.execute(_Q["complete"], job_id, result)
+
+    async def fail(
+        self,
+        db: Executor,
+        job_id: str,
+        state: JobState,
+        error: str,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Records a failed attempt's effect on the job: retrying later, or dead-lettered."""
+        if state not in (JobState.RETRYING, JobState.DEAD_LETTERED):
+            raise ValueError(f"fail() moves a job to retrying or dead_lettered, not {state}")
+        await db.execute(_Q["fail"], job_id, state.value, error, next_attempt_at)
+
+    async def record_attempt(self, db: Executor, job_id: str, attempt: AttemptRecord) -> None:
+        """Stores one attempt (idempotent on ``(job_id, number)``)."""
+        await db.execute(
+            _Q["record_attempt"],
+            job_id,
+            attempt.number,
+            attempt.worker,
+            attempt.started_at,
+            attempt.duration_seconds,
+            attempt.outcome,
+            attempt.error_type,
+            attempt.error_message,
+            attempt.countdown_seconds,
+        )

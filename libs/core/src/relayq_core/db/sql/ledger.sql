@@ -1,0 +1,65 @@
+-- The job ledger's queries (libs/core/src/relayq_core/db/ledger.py runs them by name).
+
+-- name: insert_jobs
+-- A batch of submissions in one round trip; a row whose job_id or idempotency_key exists is
+-- skipped (the unique constraints decide, not a prior SELECT) and not returned.
+INSERT INTO relayq_jobs (job_id, idempotency_key, task, queue, payload, fingerprint, trace_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[],
+                     $7::text[])
+ON CONFLICT DO NOTHING
+RETURNING job_id;
+
+-- name: find_existing
+-- The recorded jobs that hold any of these keys or job ids.
+SELECT job_id, idempotency_key, task, queue, fingerprint, state, enqueued_at
+FROM relayq_jobs
+WHERE idempotency_key = ANY($1::text[]) OR job_id = ANY($2::text[]);
+
+-- name: mark_enqueued
+UPDATE relayq_jobs SET enqueued_at = now()
+WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL;
+
+-- name: get_job
+SELECT * FROM relayq_jobs WHERE job_id = $1;
+
+-- name: get_attempts
+SELECT * FROM relayq_job_attempts WHERE job_id = $1 ORDER BY number;
+
+-- name: claim
+-- A delivery starts an attempt. Blocks while another delivery of the same job holds the row
+-- (see lock_for_outcome), so a duplicate waits for the first and then finds it done.
+UPDATE relayq_jobs
+SET state = 'running', attempt_count = attempt_count + 1, updated_at = now(),
+    started_at = coalesce(started_at, now()), next_attempt_at = NULL
+WHERE job_id = $1 AND state NOT IN ('succeeded', 'dead_lettered')
+RETURNING attempt_count;
+
+-- name: peek_state
+SELECT state, attempt_count, result FROM relayq_jobs WHERE job_id = $1;
+
+-- name: lock_for_outcome
+-- Taken inside the transaction that runs the handler and records the outcome.
+SELECT state, result FROM relayq_jobs WHERE job_id = $1 FOR UPDATE;
+
+-- name: complete
+UPDATE relayq_jobs
+SET state = 'succeeded', result = $2, last_error = NULL, updated_at = now(), finished_at = now(),
+    next_attempt_at = NULL
+WHERE job_id = $1;
+
+-- name: fail
+-- $2 is 'retrying' (with $4 the next attempt's time) or 'dead_lettered'.
+UPDATE relayq_jobs
+SET state = $2, last_error = $3, next_attempt_at = $4, updated_at = now(),
+    finished_at = CASE WHEN $2 = 'dead_lettered' THEN now() ELSE NULL END
+WHERE job_id = $1;
+
+-- name: record_attempt
+INSERT INTO relayq_job_attempts (job_id, number, worker, started_at, duration_seconds, outcome,
+                                 error_type, error_message, countdown_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (job_id, number) DO UPDATE
+SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
+    duration_seconds = EXCLUDED.duration_seconds, outcome = EXCLUDED.outcome,
+    error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message,
+    countdown_seconds = EXCLUDED.countdown_seconds;
