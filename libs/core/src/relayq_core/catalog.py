@@ -56,7 +56,7 @@ def parse_catalog(data: dict[str, Any], path: Path) -> Catalog:
         raise _fail(path, "default_queue", f"not a valid queue name: {default_queue!r}")
     raw_tasks = data.get("tasks")
     if not isinstance(raw_tasks, dict) or not raw_tasks:
-        raise _fail(path, "tasks", "at least one [tasks.\"name\"] table is required")
+        raise _fail(path, "tasks", 'at least one [tasks."name"] table is required')
     tasks: dict[str, TaskSpec] = {}
     for name, body in raw_tasks.items():
         key = f'tasks."{name}"'

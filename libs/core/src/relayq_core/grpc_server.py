@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from relayq_core.errors import RelayqError
@@ -42,7 +43,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     names: Sequence[str]
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -56,20 +57,23 @@ async def start_server(
     registrations: Iterable[Registration],
     address: str,
     *,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     options: Sequence[tuple[str, Any]] = (),
 ) -> RunningServer:
-    """Starts a grpc.aio server on ``address`` (port 0 picks a free one) with health and reflection."""
+    """Starts a grpc.aio server on ``address`` (port 0: a free one), with health and reflection."""
     regs = list(registrations)
     server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
     for reg in regs:
         reg.add(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reg.full_name for reg in regs]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_insecure_port(address)

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-_configured = False
+_QUIET_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "uvicorn.access")
 
 
 def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -29,7 +29,6 @@ def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 def configure_logging(service: str, *, level: str = "info", json: bool = True) -> None:
     """Sets up structlog (and routes stdlib logging through it) for this process."""
-    global _configured
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -37,9 +36,7 @@ def configure_logging(service: str, *, level: str = "info", json: bool = True) -
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_id,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             *shared,
@@ -64,9 +61,12 @@ def configure_logging(service: str, *, level: str = "info", json: bool = True) -
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
+    root.setLevel(numeric)
+    # Celery's per-task lines ("received", "succeeded in ...: <result>") know the task id but not
+    # the idempotency key, and would print results; relayq logs each job's events itself.
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     structlog.contextvars.bind_contextvars(service=service)
-    _configured = True
 
 
 def get_logger(name: str | None = None) -> Any:

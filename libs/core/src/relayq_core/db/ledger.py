@@ -20,6 +20,15 @@ from relayq_core.jobs import AttemptRecord, JobRecord, JobSpec, JobState
 
 _Q = load_queries(SQL_DIR / "ledger.sql")
 
+#: Errors that mean "the database could not be reached or went away", not "bad query".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
+
 
 class Executor(Protocol):
     """What both ``asyncpg.Connection`` and ``asyncpg.Pool`` offer."""
@@ -120,6 +129,11 @@ class JobLedger:
         """Notes that the broker accepted these jobs' messages."""
         if job_ids:
             await db.execute(_Q["mark_enqueued"], list(job_ids))
+
+    async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
+        """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
+        if job_ids:
+            await db.execute(_Q["forget_unpublished"], list(job_ids))
 
     async def get_job(self, db: Executor, job_id: str) -> JobRecord | None:
         """The job with its attempts, or None."""

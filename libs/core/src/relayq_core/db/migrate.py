@@ -76,7 +76,8 @@ async def apply_migrations(conn: asyncpg.Connection, owner: str, directory: Path
             async with conn.transaction():
                 await conn.execute(mig.path.read_text(encoding="utf-8"))
                 await conn.execute(
-                    "INSERT INTO relayq_schema_migrations (owner, version, name) VALUES ($1, $2, $3)",
+                    "INSERT INTO relayq_schema_migrations (owner, version, name)"
+                    " VALUES ($1, $2, $3)",
                     owner,
                     mig.version,
                     mig.name,

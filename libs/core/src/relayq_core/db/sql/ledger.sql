@@ -19,6 +19,12 @@ WHERE idempotency_key = ANY($1::text[]) OR job_id = ANY($2::text[]);
 UPDATE relayq_jobs SET enqueued_at = now()
 WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL;
 
+-- name: forget_unpublished
+-- Undoes a submit whose publish failed (the client is told UNAVAILABLE), unless someone has
+-- already enqueued or run the job meanwhile.
+DELETE FROM relayq_jobs
+WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL AND state = 'queued';
+
 -- name: get_job
 SELECT * FROM relayq_jobs WHERE job_id = $1;
 

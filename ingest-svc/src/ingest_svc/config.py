@@ -1,0 +1,23 @@
+"""ingest-svc settings: the only place this service reads its environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from relayq_core.settings import CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    """``RELAYQ_INGEST_*`` plus the stack-wide ``RELAYQ_*`` values."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAYQ_INGEST_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address both servers bind to")
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8000, ge=0, le=65535)
+    max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload, as JSON")
+    max_payload_depth: int = Field(32, gt=0, description="Deepest nesting of the payload")
+    max_batch: int = Field(1000, gt=0, description="Most jobs in one SubmitJobs call")
+    db_pool_size: int = Field(10, gt=0)
+    grace_seconds: float = Field(5.0, ge=0, description="In-flight RPCs get this long on SIGTERM")

@@ -1,0 +1,93 @@
+"""``from_proto`` / ``to_proto`` for ingest: generated types stop here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from relayq.v1 import ingest_pb2, job_pb2
+from relayq_core.jobs import JobRecord, JobState, SubmitResult
+
+_STATE = {
+    JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: job_pb2.JOB_STATE_RUNNING,
+    JobState.RETRYING: job_pb2.JOB_STATE_RETRYING,
+    JobState.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
+    JobState.DEAD_LETTERED: job_pb2.JOB_STATE_DEAD_LETTERED,
+}
+
+
+def state_to_proto(state: JobState) -> job_pb2.JobState.ValueType:
+    """The enum value for a domain state."""
+    return _STATE[state]
+
+
+def submission_from_proto(req: ingest_pb2.SubmitJobRequest) -> dict[str, Any]:
+    """The request's fields as plain values for :func:`validate_submission`."""
+    payload: Any = json_format.MessageToDict(req.payload) if req.HasField("payload") else None
+    return {
+        "task": req.task,
+        "payload": payload,
+        "job_id": req.job_id,
+        "idempotency_key": req.idempotency_key,
+        "queue": req.queue,
+    }
+
+
+def submit_result_to_proto(result: SubmitResult) -> ingest_pb2.SubmitJobResponse:
+    """One accepted (or duplicate) submission."""
+    return ingest_pb2.SubmitJobResponse(
+        job_id=result.job_id,
+        idempotency_key=result.idempotency_key,
+        queue=result.queue,
+        state=state_to_proto(result.state),
+        duplicate=result.duplicate,
+    )
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def job_to_proto(job: JobRecord) -> job_pb2.Job:
+    """The whole job record, attempts included."""
+    msg = job_pb2.Job(
+        job_id=job.job_id,
+        idempotency_key=job.idempotency_key,
+        task=job.task,
+        queue=job.queue,
+        state=state_to_proto(job.state),
+        attempt_count=job.attempt_count,
+        last_error=job.last_error,
+        trace_id=job.trace_id,
+        created_at=_ts(job.created_at),
+        updated_at=_ts(job.updated_at),
+        started_at=_ts(job.started_at),
+        finished_at=_ts(job.finished_at),
+        next_attempt_at=_ts(job.next_attempt_at),
+        attempts=[
+            job_pb2.Attempt(
+                number=a.number,
+                worker=a.worker,
+                started_at=_ts(a.started_at),
+                duration_seconds=a.duration_seconds,
+                outcome=a.outcome,
+                error_type=a.error_type,
+                error_message=a.error_message,
+                countdown_seconds=a.countdown_seconds,
+            )
+            for a in job.attempts
+        ],
+    )
+    msg.payload.update(job.payload)
+    if job.result is not None:
+        value = struct_pb2.Value()
+        json_format.ParseDict(job.result, value)
+        msg.result.CopyFrom(value)
+    return msg

@@ -1,0 +1,64 @@
+"""Hands jobs to Celery by task name, without importing any worker code.
+
+Publishing is blocking I/O (kombu), so it runs on one dedicated thread, off the event loop, and a
+batch shares one producer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from celery import Celery
+
+from relayq_core.broker import celery_config
+from relayq_core.jobs import JobSpec
+
+
+def job_message(spec: JobSpec) -> dict[str, Any]:
+    """The task's keyword arguments: what a worker needs to run and record the job."""
+    return {
+        "job_id": spec.job_id,
+        "idempotency_key": spec.idempotency_key,
+        "payload": spec.payload,
+    }
+
+
+class Publisher:
+    """Sends job messages to the broker."""
+
+    def __init__(self, redis_url: str, default_queue: str) -> None:
+        self._app = Celery("relayq-ingest", set_as_current=False)
+        self._app.conf.update(celery_config(redis_url, default_queue))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+
+    def _publish_sync(self, specs: Sequence[JobSpec]) -> None:
+        with self._app.producer_or_acquire() as producer:
+            for spec in specs:
+                self._app.send_task(
+                    spec.task,
+                    kwargs=job_message(spec),
+                    task_id=spec.job_id,
+                    queue=spec.queue,
+                    producer=producer,
+                    retry=True,
+                    retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+                )
+
+    async def publish(self, specs: Sequence[JobSpec]) -> None:
+        """Publishes every message or raises (the broker's error) for the whole batch."""
+        if specs:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._publish_sync, list(specs))
+
+    def ping(self) -> None:
+        """Raises when the broker cannot be reached (readiness)."""
+        with self._app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+
+    def close(self) -> None:
+        """Releases the thread and broker connections."""
+        self._executor.shutdown(wait=True)
+        self._app.close()

@@ -1,0 +1,182 @@
+"""Submitting and looking up jobs: the logic behind both front doors.
+
+A submit records the job in the Postgres ledger first (the idempotency key is a unique
+constraint, so racing submits resolve there), then publishes it, then notes that the broker has
+it. A re-submit of the same key with the same task and payload returns the first job and
+publishes nothing, unless the first publish never completed, in which case it publishes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from ingest_svc.enqueue import Publisher
+from relayq_core.db.ledger import UNAVAILABLE_ERRORS, ExistingJob, JobLedger
+from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
+from relayq_core.jobs import JobRecord, JobSpec, JobState, SubmitResult
+from relayq_core.logging import get_logger, job_context
+
+log = get_logger(__name__)
+
+_DB_ERRORS = UNAVAILABLE_ERRORS
+
+
+def _match(spec: JobSpec, existing: list[ExistingJob]) -> SubmitResult | RelayqError:
+    """Decides what an already-recorded key or job id means for this submission."""
+    by_key = next((e for e in existing if e.idempotency_key == spec.idempotency_key), None)
+    if by_key is None:
+        return AlreadyExists(
+            f'job_id "{spec.job_id}" already exists with a different idempotency_key'
+        )
+    if by_key.fingerprint != spec.fingerprint:
+        return AlreadyExists(
+            f'idempotency_key "{spec.idempotency_key}" was already used for job '
+            f'"{by_key.job_id}" with a different task or payload'
+        )
+    if spec.job_id != by_key.job_id and spec.job_id != spec.idempotency_key:
+        # The client named both: they must agree with the first submit. (A job_id we made up,
+        # or one equal to the key, is not a client's claim about the job.)
+        return AlreadyExists(
+            f'idempotency_key "{spec.idempotency_key}" belongs to job "{by_key.job_id}", '
+            f'not "{spec.job_id}"'
+        )
+    return SubmitResult(
+        job_id=by_key.job_id,
+        idempotency_key=by_key.idempotency_key,
+        queue=by_key.queue,
+        state=by_key.state,
+        duplicate=True,
+    )
+
+
+class JobService:
+    """Submit and GetJob over the ledger and the broker."""
+
+    def __init__(self, pool: asyncpg.Pool, publisher: Publisher, ledger: JobLedger) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._ledger = ledger
+
+    async def submit(
+        self, specs: Sequence[JobSpec], *, generated_ids: set[str] | None = None
+    ) -> list[SubmitResult | RelayqError]:
+        """Records and enqueues each job; the answer for each, in order.
+
+        ``generated_ids`` are job ids the server made up (not the client's): a re-submit of a key
+        never conflicts over them.
+        """
+        generated = generated_ids or set()
+        try:
+            inserted = await self._ledger.insert_jobs(self._pool, specs)
+            others = [s for s in specs if s.job_id not in inserted]
+            existing = (
+                await self._ledger.find_existing(
+                    self._pool,
+                    [s.idempotency_key for s in others],
+                    [s.job_id for s in others if s.job_id not in generated],
+                )
+                if others
+                else []
+            )
+        except _DB_ERRORS as exc:
+            raise Unavailable(f"the job ledger is unavailable ({type(exc).__name__})") from exc
+
+        results: list[SubmitResult | RelayqError] = []
+        to_publish: list[JobSpec] = []
+        new_ids: list[str] = []
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.job_id in inserted and spec.job_id not in seen:
+                seen.add(spec.job_id)
+                results.append(
+                    SubmitResult(
+                        spec.job_id,
+                        spec.idempotency_key,
+                        spec.queue,
+                        JobState.QUEUED,
+                        duplicate=False,
+                    )
+                )
+                to_publish.append(spec)
+                new_ids.append(spec.job_id)
+                continue
+            relevant = [
+                e
+                for e in existing
+                if e.idempotency_key == spec.idempotency_key
+                or (e.job_id == spec.job_id and spec.job_id not in generated)
+            ]
+            outcome = _match(spec, relevant)
+            if isinstance(outcome, SubmitResult):
+                first = next(e for e in relevant if e.idempotency_key == spec.idempotency_key)
+                if (
+                    not first.enqueued
+                    and first.state is JobState.QUEUED
+                    and first.job_id not in {s.job_id for s in to_publish}
+                ):
+                    # The first submit recorded the job but its publish never completed.
+                    to_publish.append(
+                        JobSpec(
+                            first.job_id,
+                            first.idempotency_key,
+                            spec.task,
+                            first.queue,
+                            spec.payload,
+                            spec.trace_id,
+                        )
+                    )
+            results.append(outcome)
+
+        try:
+            await self._publisher.publish(to_publish)
+        except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
+            await self._forget(new_ids)
+            log.warning("publish_failed", jobs=len(to_publish), error=type(exc).__name__)
+            failed = {s.job_id for s in to_publish}
+            unavailable = Unavailable(
+                f"the broker is unavailable ({type(exc).__name__}); retry with the same "
+                "idempotency_key"
+            )
+            return [
+                unavailable if isinstance(r, SubmitResult) and r.job_id in failed else r
+                for r in results
+            ]
+        try:
+            await self._ledger.mark_enqueued(self._pool, [s.job_id for s in to_publish])
+        except _DB_ERRORS:
+            # Harmless: the message is in the broker; a re-submit would only publish it again,
+            # and the worker's claim by key makes a second delivery a no-op.
+            log.warning("mark_enqueued_failed", jobs=len(to_publish))
+
+        for spec, result in zip(specs, results, strict=True):
+            with job_context(
+                spec.job_id if not isinstance(result, SubmitResult) else result.job_id,
+                spec.idempotency_key,
+                task=spec.task,
+            ):
+                if isinstance(result, SubmitResult):
+                    log.info("job_submitted", queue=result.queue, duplicate=result.duplicate)
+                else:
+                    log.info("job_refused", code=result.code.name, reason=result.message)
+        return results
+
+    async def _forget(self, job_ids: list[str]) -> None:
+        """Removes jobs this call recorded but could not enqueue, so the refusal is honest."""
+        if not job_ids:
+            return
+        try:
+            await self._ledger.forget_unpublished(self._pool, job_ids)
+        except _DB_ERRORS:
+            log.warning("forget_unpublished_failed", jobs=len(job_ids))
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        """The job with its attempts; NotFound when the ledger has no such job."""
+        try:
+            record = await self._ledger.get_job(self._pool, job_id)
+        except _DB_ERRORS as exc:
+            raise Unavailable(f"the job ledger is unavailable ({type(exc).__name__})") from exc
+        if record is None:
+            raise NotFound(f'no job with job_id "{job_id}"')
+        return record

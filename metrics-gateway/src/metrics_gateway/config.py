@@ -1,0 +1,17 @@
+"""metrics-gateway settings: the only place this service reads its environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from relayq_core.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    """``RELAYQ_METRICS_*`` plus the stack-wide ``RELAYQ_*`` values."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAYQ_METRICS_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1")
+    port: int = Field(9100, ge=0, le=65535)

@@ -1,0 +1,44 @@
+"""The Celery application: Redis broker, ``acks_late``, JSON only, no result backend.
+
+Settings are read once here, when the worker process imports the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from relayq_core.broker import celery_config
+from relayq_core.catalog import load_catalog
+from relayq_core.logging import configure_logging
+from relayq_core.telemetry import configure_tracing
+from worker_svc.config import WorkerSettings
+
+settings = WorkerSettings()
+catalog = load_catalog(settings.catalog_path)
+
+app = Celery("relayq-worker")
+app.conf.update(celery_config(settings.redis_url, catalog.default_queue))
+app.conf.worker_prefetch_multiplier = settings.prefetch_multiplier
+app.autodiscover_tasks(["worker_svc"], related_name="tasks", force=True)
+# Import the tasks now, so the registry is complete before the catalogue check at start-up.
+import worker_svc.tasks  # noqa: E402,F401
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """Celery calls this instead of configuring its own logging (main process)."""
+    configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
+
+
+@signals.worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    """Each prefork child sets up its own logging and tracing after the fork."""
+    configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
+    configure_tracing("worker-svc", export=settings.otlp_endpoint is not None)
+
+
+def missing_handlers() -> list[str]:
+    """Catalogue tasks this worker has no task for (it must not start with any)."""
+    return sorted(name for name in catalog.tasks if name not in app.tasks)

@@ -1,0 +1,20 @@
+"""worker-svc settings: the only place this service reads its environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from relayq_core.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    """``RELAYQ_WORKER_*`` plus the stack-wide ``RELAYQ_*`` values."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAYQ_WORKER_", extra="ignore", frozen=True)
+
+    concurrency: int = Field(4, gt=0, description="Prefork pool processes in this worker")
+    node_name: str = Field("", description="Celery node name (e.g. worker1@%h); empty: default")
+    queues: str = Field("", description="Comma-separated queues; empty: every catalogue queue")
+    prefetch_multiplier: int = Field(1, gt=0)
+    task_events: bool = Field(True, description="Send task events (Flower shows tasks)")

@@ -1,0 +1,23 @@
+"""The demo tasks (``demo.*``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from worker_svc.app import app
+from worker_svc.execute import execute
+from worker_svc.handlers import demo
+
+
+@app.task(name="demo.echo", bind=True)
+def echo(self: Task, **message: Any) -> Any:
+    """Returns its payload."""
+    return execute(self, demo.echo, message)
+
+
+@app.task(name="demo.slow", bind=True)
+def slow(self: Task, **message: Any) -> Any:
+    """Takes ``payload.ms`` milliseconds."""
+    return execute(self, demo.slow, message)
