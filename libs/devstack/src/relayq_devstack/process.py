@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import psutil
+import psutil  # type: ignore[import-untyped,unused-ignore]
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -157,19 +157,28 @@ def stop_all(procs: Sequence[Stoppable], timeout: float = 10.0) -> list[str]:
     return killed
 
 
-def _user_kwargs(user: str | None) -> dict[str, object]:
+def run_as(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """``(user, group, extra_groups)`` for ``subprocess`` to run as ``user`` (None: ourselves).
+
+    Group and supplementary groups are switched too: keeping root's group would make a
+    directory's group bits (often 0 for root-owned dirs) apply instead of its "other" bits.
+    """
     if user is None:
-        return {}
+        return None, None, None
     entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return entry.pw_uid, entry.pw_gid, []
 
 
 class ServiceProcess:
     """A command running in its own session, with stdout and stderr appended to a log file.
 
-    Starts at construction. ``stop_signal`` is sent to the leader only: Celery and Postgres shut
-    their children down gracefully themselves, whereas a signal sent to the whole group would
-    kill Celery's pool children mid-task. The group gets SIGKILL after the timeout.
+    Starts at construction. ``env`` is added to our own environment, or, with
+    ``inherit_env=False``, is the whole environment.
+
+    ``stop_signal`` is sent to the leader only: Celery and Postgres shut their children down
+    gracefully themselves, whereas a signal sent to the whole group would kill Celery's pool
+    children mid-task (they reset SIGTERM to its default). The group gets SIGKILL after the
+    timeout.
     """
 
     def __init__(
@@ -182,18 +191,20 @@ class ServiceProcess:
         cwd: Path | None = None,
         stop_signal: int = signal.SIGTERM,
         user: str | None = None,
+        inherit_env: bool = True,
     ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
         self.stop_signal = stop_signal
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**(os.environ if inherit_env else {}), **(env or {})}
+        uid, gid, groups = run_as(user)
         with log_path.open("ab") as out:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             out.write(f"--- {stamp} {START_MARKER} {' '.join(self.argv)}\n".encode())
             out.flush()
-            self._popen = subprocess.Popen(  # noqa: S603 - argv comes from our own specs
+            self._popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -202,7 +213,9 @@ class ServiceProcess:
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
-                **_user_kwargs(user),  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         self.ref = ProcessRef.of(self._popen.pid)
         log.debug("process_started", name=name, pid=self.pid, argv=self.argv)
