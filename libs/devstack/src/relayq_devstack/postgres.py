@@ -17,11 +17,11 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-import psutil
+import psutil  # type: ignore[import-untyped,unused-ignore]
 import structlog
 
 from relayq_devstack.ports import free_port
-from relayq_devstack.process import START_MARKER, ProcessFailed, ServiceProcess
+from relayq_devstack.process import START_MARKER, ProcessFailed, ServiceProcess, run_as
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +62,15 @@ def system_user() -> str | None:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         # A parallel process may create it at the same moment: check again after a failure.
-        subprocess.run(  # noqa: S603
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
             check=False,
             capture_output=True,
         )
@@ -103,14 +110,17 @@ def _initdb(data_dir: Path, user: str | None, log_path: Path, *, fast: bool) -> 
     if fast:
         argv.append("--no-sync")
     # initdb wants an empty directory, and the log may live inside it: capture, then append.
-    done = subprocess.run(  # noqa: S603
+    uid, gid, groups = run_as(user)
+    done = subprocess.run(
         argv,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         cwd=data_dir,
         env=_clean_env(),
         check=False,
-        **({"user": user} if user else {}),  # type: ignore[arg-type]
+        user=uid,
+        group=gid,
+        extra_groups=groups,
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
@@ -228,7 +238,7 @@ class PostgresServer:
         log.info("postgres_started", port=self.port, pid=self.pid, data_dir=str(self.data_dir))
 
     def _accepting(self) -> bool:
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [str(pg_binary("pg_isready")), "-q", "-h", HOST, "-p", str(self.port)]
             + ["-U", SUPERUSER, "-d", "postgres", "-t", "1"],
             env=_clean_env(),
@@ -240,7 +250,7 @@ class PostgresServer:
 
     def psql(self, sql: str, database: str | None = None) -> str:
         """Runs ``sql`` with ``psql`` and returns its unaligned, tuples-only output."""
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [str(pg_binary("psql")), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1"]
             + ["-h", HOST, "-p", str(self.port), "-U", SUPERUSER]
             + ["-d", database or self.database, "-c", sql],
