@@ -23,7 +23,9 @@ log = get_logger(__name__)
 _DB_ERRORS = UNAVAILABLE_ERRORS
 
 
-def _match(spec: JobSpec, existing: list[ExistingJob]) -> SubmitResult | RelayqError:
+def _match(
+    spec: JobSpec, existing: list[ExistingJob], client_named_job_id: bool
+) -> SubmitResult | RelayqError:
     """Decides what an already-recorded key or job id means for this submission."""
     by_key = next((e for e in existing if e.idempotency_key == spec.idempotency_key), None)
     if by_key is None:
@@ -35,9 +37,8 @@ def _match(spec: JobSpec, existing: list[ExistingJob]) -> SubmitResult | RelayqE
             f'idempotency_key "{spec.idempotency_key}" was already used for job '
             f'"{by_key.job_id}" with a different task or payload'
         )
-    if spec.job_id != by_key.job_id and spec.job_id != spec.idempotency_key:
-        # The client named both: they must agree with the first submit. (A job_id we made up,
-        # or one equal to the key, is not a client's claim about the job.)
+    if client_named_job_id and spec.job_id != by_key.job_id:
+        # The client named both: they must agree with the first submit.
         return AlreadyExists(
             f'idempotency_key "{spec.idempotency_key}" belongs to job "{by_key.job_id}", '
             f'not "{spec.job_id}"'
@@ -108,7 +109,7 @@ class JobService:
                 if e.idempotency_key == spec.idempotency_key
                 or (e.job_id == spec.job_id and spec.job_id not in generated)
             ]
-            outcome = _match(spec, relevant)
+            outcome = _match(spec, relevant, client_named_job_id=spec.job_id not in generated)
             if isinstance(outcome, SubmitResult):
                 first = next(e for e in relevant if e.idempotency_key == spec.idempotency_key)
                 if (

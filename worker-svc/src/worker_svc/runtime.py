@@ -7,6 +7,7 @@ fork (never inherited from the parent), and remade when the connection has gone 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -34,7 +35,9 @@ class Runtime:
             self._runner = asyncio.Runner()
             self._conn = None
             self._pid = os.getpid()
-        return self._runner.run(coro)
+        # Run in a copy of the caller's context: the Runner would otherwise reuse the context it
+        # was created in, and every job would log the first job's ids.
+        return self._runner.run(coro, context=contextvars.copy_context())
 
     async def connection(self) -> asyncpg.Connection:
         """The process's connection, reconnecting if it was closed or broken."""

@@ -1,0 +1,190 @@
+"""Session fixtures: real PostgreSQL, Redis, gRPC servers and Celery workers on free ports.
+
+Nothing here uses the machine's own Postgres or Redis: each test session starts its own from the
+project's wheels. A fixture that cannot start its server fails the tests that need it (never
+skips them), so CI cannot go green on a missing service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from relayq.v1 import ingest_pb2_grpc
+
+from dlq_svc.main import migrate as migrate_dlq
+from ingest_svc.enqueue import Publisher
+from ingest_svc.grpc_api import IngestServicer, registration
+from ingest_svc.http_api import create_app
+from ingest_svc.submit import JobService
+from ingest_svc.validation import Limits
+from relayq_core.catalog import Catalog, load_catalog
+from relayq_core.db.ledger import JobLedger, create_pool
+from relayq_core.db.migrate import migrate_ledger
+from relayq_core.grpc_server import RunningServer, start_server
+from relayq_core.settings import repo_root
+from relayq_devstack.health import celery_workers_ready
+from relayq_devstack.postgres import PostgresServer, start_postgres
+from relayq_devstack.process import ServiceProcess
+from relayq_devstack.redis import RedisServer, start_redis
+
+REPO = repo_root()
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    return load_catalog(REPO / "config" / "tasks.toml")
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = start_postgres(tmp_path_factory.mktemp("pg") / "data", fast=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"), persistence=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: PostgresServer) -> str:
+    """The session's database with every owner's migrations applied."""
+    url = postgres.url
+    asyncio.run(migrate_ledger(url))
+    asyncio.run(migrate_dlq(url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment a relayq process gets in tests (no OTLP export, JSON logs)."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("RELAYQ_", "OTEL_"))
+    }
+    env.update(
+        RELAYQ_DATABASE_URL=database_url,
+        RELAYQ_REDIS_URL=redis_url,
+        RELAYQ_LOG_JSON="true",
+        RELAYQ_CATALOG=str(REPO / "config" / "tasks.toml"),
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Ingest:
+    """An in-process ingest-svc: the real gRPC server on a free port, and its HTTP app."""
+
+    address: str
+    jobs: JobService
+    running: RunningServer
+    channel: grpc.aio.Channel
+    stub: ingest_pb2_grpc.IngestServiceStub
+    http_app: object
+
+
+@pytest.fixture(scope="session")
+def quiet_broker_url(redis_server: RedisServer) -> str:
+    """A Redis database on the session's server that no worker consumes."""
+    return redis_server.url.rsplit("/", 1)[0] + "/9"
+
+
+async def _ingest(database_url: str, broker_url: str, catalog: Catalog) -> AsyncIterator[Ingest]:
+    pool = await create_pool(database_url, max_size=10)
+    publisher = Publisher(broker_url, catalog.default_queue)
+    jobs = JobService(pool, publisher, JobLedger())
+    limits = Limits(max_payload_bytes=64 * 1024, max_payload_depth=32)
+    servicer = IngestServicer(jobs, catalog, limits, max_batch=1000)
+    running = await start_server([registration(servicer)], "127.0.0.1:0")
+    address = f"127.0.0.1:{running.port}"
+    channel = grpc.aio.insecure_channel(address)
+    yield Ingest(
+        address=address,
+        jobs=jobs,
+        running=running,
+        channel=channel,
+        stub=ingest_pb2_grpc.IngestServiceStub(channel),
+        http_app=create_app(jobs, catalog, limits),
+    )
+    await channel.close()
+    await running.stop(0)
+    await pool.close()
+    publisher.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def ingest(
+    database_url: str, quiet_broker_url: str, catalog: Catalog
+) -> AsyncIterator[Ingest]:
+    """In-process ingest whose messages stay in the broker (no worker reads them)."""
+    async for handle in _ingest(database_url, quiet_broker_url, catalog):
+        yield handle
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def live_ingest(
+    database_url: str, redis_url: str, catalog: Catalog, worker: ServiceProcess
+) -> AsyncIterator[Ingest]:
+    """In-process ingest publishing to the broker the test worker consumes."""
+    async for handle in _ingest(database_url, redis_url, catalog):
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def worker(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """One real Celery worker node (2 prefork processes) in a subprocess."""
+    proc = ServiceProcess(
+        "worker",
+        [str(BIN / "relayq-worker")],
+        log_path=tmp_path_factory.mktemp("worker") / "worker.log",
+        env=service_env(
+            database_url,
+            redis_url,
+            RELAYQ_WORKER_CONCURRENCY="2",
+            RELAYQ_WORKER_NODE_NAME="test-worker@%h",
+        ),
+    )
+    try:
+        proc.wait_healthy(lambda: celery_workers_ready(redis_url, 1), timeout=60)
+        yield proc
+    finally:
+        proc.stop(timeout=15)
+
+
+def broker_messages(redis_url: str, queue: str) -> list[dict[str, object]]:
+    """The Celery messages waiting in ``queue`` (kombu's Redis list), decoded."""
+    import base64
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    out = []
+    for item in raw:
+        envelope = json.loads(item)
+        body = json.loads(base64.b64decode(envelope["body"]))
+        out.append({"headers": envelope["headers"], "args": body[0], "kwargs": body[1]})
+    return out
