@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from relayq.v1 import ingest_pb2_grpc
 
 from dlq_svc.main import migrate as migrate_dlq
 from ingest_svc.enqueue import Publisher
@@ -25,6 +24,7 @@ from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits
+from relayq.v1 import ingest_pb2_grpc
 from relayq_core.catalog import Catalog, load_catalog
 from relayq_core.db.ledger import JobLedger, create_pool
 from relayq_core.db.migrate import migrate_ledger
@@ -74,10 +74,7 @@ def redis_url(redis_server: RedisServer) -> str:
 
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     """The environment a relayq process gets in tests (no OTLP export, JSON logs)."""
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("RELAYQ_", "OTEL_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYQ_", "OTEL_"))}
     env.update(
         RELAYQ_DATABASE_URL=database_url,
         RELAYQ_REDIS_URL=redis_url,
@@ -96,7 +93,7 @@ class Ingest:
     jobs: JobService
     running: RunningServer
     channel: grpc.aio.Channel
-    stub: ingest_pb2_grpc.IngestServiceStub
+    stub: ingest_pb2_grpc.IngestServiceAsyncStub
     http_app: object
 
 
@@ -123,7 +120,7 @@ async def _ingest(database_url: str, broker_url: str, catalog: Catalog) -> Async
         stub=ingest_pb2_grpc.IngestServiceStub(channel),
         http_app=create_app(jobs, catalog, limits),
     )
-    await channel.close()
+    await channel.close(None)
     await running.stop(0)
     await pool.close()
     publisher.close()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from relayq.v1 import ingest_pb2, job_pb2
 
+from relayq.v1 import ingest_pb2, job_pb2
 from tests.conftest import Ingest, broker_messages
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
-def request(task: str = "demo.echo", payload: dict[str, object] | None = None,
-            **fields: str) -> ingest_pb2.SubmitJobRequest:
+def request(
+    task: str = "demo.echo", payload: dict[str, Any] | None = None, **fields: str
+) -> ingest_pb2.SubmitJobRequest:
     struct = struct_pb2.Struct()
     struct.update(payload if payload is not None else {"x": 1})
     return ingest_pb2.SubmitJobRequest(task=task, payload=struct, **fields)

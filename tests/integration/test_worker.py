@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 from google.protobuf import json_format, struct_pb2
-from relayq.v1 import ingest_pb2, job_pb2
 
+from relayq.v1 import ingest_pb2, job_pb2
 from relayq_devstack.process import ServiceProcess
 from tests.conftest import Ingest
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
-def request(task: str, payload: dict[str, object], **fields: str) -> ingest_pb2.SubmitJobRequest:
+def request(task: str, payload: dict[str, Any], **fields: str) -> ingest_pb2.SubmitJobRequest:
     struct = struct_pb2.Struct()
     struct.update(payload)
     return ingest_pb2.SubmitJobRequest(task=task, payload=struct, **fields)

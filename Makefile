@@ -1,0 +1,66 @@
+# relayq: the two commands are `make demo` and `make test`; everything else is a step of theirs.
+# On a fresh machine with Python and make, these targets install everything they need:
+# uv (into .tools/), Python 3.12 and every dependency (into .venv/, from uv.lock).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STACK := $(BIN)/relayq-stack
+PYTEST_ARGS ?=
+
+.PHONY: help setup lint typecheck proto proto-check test test-unit test-integration \
+        up down status demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml */pyproject.toml libs/*/pyproject.toml
+	$(UV) sync --frozen
+	@touch $@
+
+setup: $(VENV)/.synced  ## install uv, Python 3.12 and all dependencies
+
+lint: setup  ## ruff (lint and format)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup  ## mypy --strict on our code
+	$(BIN)/mypy libs/core/src libs/devstack/src ingest-svc/src worker-svc/src dlq-svc/src \
+	    metrics-gateway/src scripts tests
+
+proto: setup  ## regenerate gRPC code from proto/ (commit the result)
+	PYTHON=$(PY) scripts/gen_proto.sh
+
+proto-check: setup  ## fail if the committed gRPC code differs from proto/
+	PYTHON=$(PY) scripts/gen_proto.sh --check
+
+test-unit: setup
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: lint typecheck proto-check  ## every check and every test (real Redis, Postgres, gRPC, Celery)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+up: setup  ## start the local stack (no Docker); endpoints go to .relayq/stack.env
+	$(STACK) up
+
+down: setup  ## stop everything `make up` started
+	$(STACK) down
+
+status: setup  ## what runs, and is it healthy
+	$(STACK) status
+
+demo: up  ## the stack, 1000 jobs, a summary; leaves the stack up
+	$(PY) scripts/demo.py --jobs 1000
+
+clean: down  ## stop the stack and remove its data and the virtualenvs
+	rm -rf .relayq $(VENV) $(TOOLS)
