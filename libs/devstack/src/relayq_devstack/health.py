@@ -7,6 +7,7 @@ Every check answers a bool quickly (about a second at most) and never raises: "n
 from __future__ import annotations
 
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from relayq_devstack.postgres import pg_binary
 
+_CELERY_IMPORT = threading.Lock()
 # Loopback servers must never be reached through a proxy from the developer's environment.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -46,7 +48,10 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 def celery_nodes(redis_url: str, timeout: float = 1.0) -> set[str]:
     """Names of the Celery workers answering a broadcast ping on this broker."""
-    from celery import Celery  # heavy import, only for the processes that ping
+    with _CELERY_IMPORT:
+        # Heavy import, only for processes that ping. Celery builds its top-level names lazily,
+        # and two threads doing that at once get an ImportError: serialise the first access.
+        from celery import Celery
 
     app = Celery("relayq-devstack-ping", broker=redis_url, set_as_current=False)
     try:

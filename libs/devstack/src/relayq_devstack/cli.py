@@ -1,0 +1,183 @@
+"""``relayq-stack``: the local stack without Docker (``up``, ``down``, ``status``, ``env``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from relayq_devstack.config import DEFAULT_PORTS, StackConfig, resolve_state_dir
+from relayq_devstack.stack import StackError, StackInfo, down, status, up
+from relayq_devstack.state import StatePaths
+
+EXIT_OK, EXIT_FAILED, EXIT_NOT_RUNNING = 0, 1, 3
+_PORT_FLAGS = {name: "--" + name.replace("_", "-") + "-port" for name in DEFAULT_PORTS}
+
+
+def _configure_logging(verbose: bool) -> None:
+    # The library logs through structlog; the CLI's own output is plain text on stdout.
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relayq-stack", description="relayq's local stack: real servers, no Docker."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_state_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help="where pids, logs and data live (default: $RELAYQ_STATE_DIR or <repo>/.relayq)",
+        )
+        return p
+
+    p_up = with_state_dir(sub.add_parser("up", help="start everything and wait until healthy"))
+    p_up.add_argument("--redis-port", type=int, help="default: a free port")
+    p_up.add_argument("--postgres-port", type=int, help="default: a free port")
+    for name, flag in _PORT_FLAGS.items():
+        p_up.add_argument(
+            flag, type=int, dest=f"port_{name}", help=f"default {DEFAULT_PORTS[name]}"
+        )
+    p_up.add_argument("--workers", type=int, help="worker processes ($RELAYQ_STACK_WORKERS, 2)")
+    p_up.add_argument(
+        "--concurrency",
+        type=int,
+        help="pool size of each worker ($RELAYQ_STACK_WORKER_CONCURRENCY, 2)",
+    )
+    p_up.add_argument("--timeout", type=float, help="seconds to become healthy (90)")
+    p_up.add_argument("--restart", action="store_true", help="restart a running stack")
+    p_up.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="SERVICE",
+        help="do not start: ingest, dlq, worker, metrics-gateway or flower (repeatable)",
+    )
+    p_up.add_argument(
+        "--fast", action="store_true", help="PostgreSQL without fsync (throwaway data only)"
+    )
+    p_down = with_state_dir(sub.add_parser("down", help="stop everything the stack started"))
+    p_down.add_argument("--timeout", type=float, default=10.0, help="grace before SIGKILL")
+    with_state_dir(sub.add_parser("status", help="one line per component; exit 0/1/3"))
+    with_state_dir(sub.add_parser("env", help="print .relayq/stack.env"))
+    return parser
+
+
+def _print_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        print((indent + line).rstrip())
+
+
+def _print_info(info: StackInfo) -> None:
+    rows = [("COMPONENT", "PID", "ENDPOINT")]
+    rows += [(c.name, str(c.pid) if c.pid else "external", c.endpoint) for c in info.components]
+    _print_table(rows)
+    print(f"\nEnvironment ({StatePaths(info.state_dir).stack_env}):")
+    _print_table([(k, v) for k, v in info.env.items()])
+    for note in info.notes:
+        print(f"note: {note}")
+    print(f"\nLogs: {StatePaths(info.state_dir).logs}/")
+    print(f"Load the env: set -a; . {StatePaths(info.state_dir).stack_env}; set +a")
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    skip = frozenset(args.skip)
+    known = {"ingest", "dlq", "worker", "metrics-gateway", "flower"}
+    if skip - known:
+        print(f"unknown service(s) to skip: {', '.join(sorted(skip - known))}", file=sys.stderr)
+        return EXIT_FAILED
+    config = StackConfig.from_env(
+        state_dir=resolve_state_dir(args.state_dir),
+        redis_port=args.redis_port,
+        postgres_port=args.postgres_port,
+        ports={name: getattr(args, f"port_{name}") for name in DEFAULT_PORTS},
+        workers=args.workers,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        fast=args.fast or None,
+        skip=skip or None,
+    )
+    print(f"Starting the relayq stack in {config.state_dir} ...", flush=True)
+    try:
+        info = up(config, restart=args.restart)
+    except StackError as exc:
+        print(f"\nrelayq stack failed to start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything started was stopped", file=sys.stderr)
+        return 130
+    if info.already_running:
+        print("The stack is already running (use `relayq-stack up --restart` to restart it).")
+    else:
+        print("The relayq stack is up.")
+    _print_info(info)
+    return EXIT_OK
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return resolve_state_dir(args.state_dir)
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    stopped = down(_state_dir(args), timeout=args.timeout)
+    print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing was running.")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    report = status(_state_dir(args))
+    if not report.components:
+        print(f"No stack in {report.state_dir}.")
+        return EXIT_NOT_RUNNING
+    rows = [("COMPONENT", "PID", "ENDPOINT", "STATE")]
+    rows += [
+        (c.name, str(c.pid) if c.pid else "external", c.endpoint, c.state)
+        for c in report.components
+    ]
+    _print_table(rows, indent="")
+    print(f"stack: {report.overall}" + (" (still starting)" if report.phase == "starting" else ""))
+    return {"healthy": EXIT_OK, "stopped": EXIT_NOT_RUNNING}.get(report.overall, EXIT_FAILED)
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    path = StatePaths(_state_dir(args)).stack_env
+    if not path.exists():
+        print(f"No {path}: is the stack up? (relayq-stack up)", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    print(path.read_text(encoding="utf-8"), end="")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``relayq-stack``."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    commands = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "env": _cmd_env}
+    try:
+        return commands[args.command](args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"relayq-stack {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # `relayq-stack status | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""What ``relayq-stack up`` starts and where: flags over environment over defaults.
+
+The only module of this package that reads ``os.environ`` (through :meth:`StackConfig.from_env`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORTS: dict[str, int] = {
+    "ingest_grpc": 50051,
+    "ingest_http": 8000,
+    "dlq_grpc": 50052,
+    "metrics": 9100,
+    "flower": 5555,
+}
+
+
+def find_repo_root(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` whose ``pyproject.toml`` declares the uv
+    workspace; None outside a checkout."""
+    for directory in [start, *start.parents]:
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError):
+                continue
+            if "workspace" in data.get("tool", {}).get("uv", {}):
+                return directory
+    return None
+
+
+def default_state_dir(environ: Mapping[str, str], cwd: Path) -> Path:
+    """``$RELAYQ_STATE_DIR``, else ``<repo root>/.relayq``, else ``./.relayq``."""
+    if environ.get("RELAYQ_STATE_DIR"):
+        return Path(environ["RELAYQ_STATE_DIR"]).resolve()
+    return (find_repo_root(cwd.resolve()) or cwd.resolve()) / ".relayq"
+
+
+def resolve_state_dir(explicit: Path | None = None) -> Path:
+    """``explicit`` (a ``--state-dir`` flag) if given, else :func:`default_state_dir`."""
+    if explicit is not None:
+        return explicit.resolve()
+    return default_state_dir(os.environ, Path.cwd())
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything ``up`` needs to know.
+
+    ``redis_url`` / ``database_url`` set means "use that server, do not start one". ``ports``
+    holds the wanted service ports; those named in ``explicit_ports`` were asked for by the user
+    and must be free, the others are defaults that move to a free port when busy.
+    """
+
+    state_dir: Path
+    redis_url: str | None = None
+    database_url: str | None = None
+    redis_port: int | None = None
+    postgres_port: int | None = None
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    explicit_ports: frozenset[str] = frozenset()
+    workers: int = 2
+    concurrency: int = 2
+    timeout: float = 90.0
+    fast: bool = False
+    skip: frozenset[str] = frozenset()
+    bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        **overrides: Any,
+    ) -> StackConfig:
+        """Config from the environment; ``overrides`` (e.g. from flags) win, None ones ignored.
+
+        A port override is given as ``ports={"flower": 5556}`` and becomes explicit.
+        """
+        env = os.environ if environ is None else environ
+        given = {k: v for k, v in overrides.items() if v is not None}
+        port_overrides: dict[str, int] = {
+            k: v for k, v in dict(given.pop("ports", {})).items() if v is not None
+        }
+        unknown = set(port_overrides) - set(DEFAULT_PORTS)
+        if unknown:
+            raise ValueError(f"unknown ports: {sorted(unknown)}")
+        base = cls(
+            state_dir=default_state_dir(env, cwd or Path.cwd()),
+            redis_url=env.get("RELAYQ_REDIS_URL") or None,
+            database_url=env.get("RELAYQ_DATABASE_URL") or None,
+            workers=_int(env, "RELAYQ_STACK_WORKERS", 2),
+            concurrency=_int(env, "RELAYQ_STACK_WORKER_CONCURRENCY", 2),
+            ports={**DEFAULT_PORTS, **port_overrides},
+            explicit_ports=frozenset(port_overrides),
+        )
+        config = replace(base, **given)
+        if config.workers < 1 or config.concurrency < 1:
+            raise ValueError("workers and concurrency must be at least 1")
+        return config

@@ -1,0 +1,438 @@
+"""The local stack: Redis, PostgreSQL, migrations, then every service, each a child process.
+
+``up`` records every process in ``stack.json`` as soon as it starts, so ``down`` and ``status``
+work from any other process, even after an ``up`` that crashed half-way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from relayq_devstack.config import StackConfig
+from relayq_devstack.envfile import write_env
+from relayq_devstack.health import (
+    HealthCheck,
+    PostgresReady,
+    RedisPing,
+    check_to_json,
+    postgres_ready,
+    redis_ping,
+)
+from relayq_devstack.ports import pick_port, port_is_free
+from relayq_devstack.postgres import PostgresServer, start_postgres
+from relayq_devstack.process import ProcessFailed, ServiceProcess, Stoppable, stop_all
+from relayq_devstack.redis import RedisServer, start_redis
+from relayq_devstack.services import (
+    PORTS_BY_GROUP,
+    ServiceContext,
+    ServiceFactory,
+    ServiceSpec,
+    migrate_argv,
+    relayq_services,
+    stack_env,
+)
+from relayq_devstack.state import Component, StackState, StatePaths
+
+log = structlog.get_logger(__name__)
+
+ENV_HEADER = (
+    "relayq local stack, written by `relayq-stack up`; it always tells where things listen.\n"
+    "Load it into a shell with: set -a; . {path}; set +a"
+)
+_POLL = 0.25
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up (``failures`` holds each failed process and its log)."""
+
+    def __init__(self, message: str, failures: Sequence[ProcessFailed] = ()) -> None:
+        self.message = message
+        self.failures = list(failures)
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return "\n\n".join([self.message, *(str(f) for f in self.failures)])
+
+
+@dataclass
+class StackInfo:
+    """What ``up`` returns: where everything is."""
+
+    state_dir: Path
+    env: dict[str, str]
+    components: list[Component]
+    notes: list[str] = field(default_factory=list)
+    already_running: bool = False
+
+
+def _resolve_ports(config: StackConfig, groups: set[str]) -> tuple[dict[str, int], list[str]]:
+    ports: dict[str, int] = {}
+    notes: list[str] = []
+    for group in sorted(groups):
+        for name in PORTS_BY_GROUP.get(group, ()):
+            wanted = config.ports[name]
+            if name in config.explicit_ports:
+                if not port_is_free(wanted):
+                    raise StackError(f"port {wanted} ({name}) was asked for but is busy")
+                ports[name] = wanted
+                continue
+            ports[name], moved = pick_port(wanted)
+            if moved:
+                notes.append(f"port {wanted} ({name}) is busy: using {ports[name]} instead")
+    return ports, notes
+
+
+def _run_to_completion(proc: ServiceProcess, deadline: float) -> None:
+    while proc.is_running():
+        if time.monotonic() >= deadline:
+            proc.stop(timeout=2)
+            raise ProcessFailed(proc.name, "did not finish in time", proc.log_path)
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        raise ProcessFailed(proc.name, f"exited with code {proc.returncode}", proc.log_path)
+
+
+class Stack:
+    """A stack started and owned by this process (``relayq-stack up`` or a test fixture).
+
+    The processes outlive this object (they run in their own sessions): call :meth:`down`, or
+    use the object as a context manager, to stop them. ``services`` replaces the service list
+    (tests use stand-ins); ``migrate=False`` skips ``relayq-migrate``.
+    """
+
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        services: ServiceFactory = relayq_services,
+        migrate: bool = True,
+    ) -> None:
+        self.config = config
+        self.paths = StatePaths(config.state_dir)
+        self.services = services
+        self.migrate = migrate
+        self.redis: RedisServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.processes: list[ServiceProcess] = []
+        self.state = StackState()
+
+    def _record(self, component: Component) -> None:
+        self.state.components.append(component)
+        self.state.save(self.paths)
+
+    def _record_process(
+        self,
+        proc: ServiceProcess,
+        kind: str,
+        endpoint: str,
+        health: HealthCheck,
+        port: int | None = None,
+    ) -> None:
+        self._record(
+            Component(
+                name=proc.name,
+                kind=kind,
+                endpoint=endpoint,
+                pid=proc.pid,
+                create_time=proc.ref.create_time,
+                stop_signal=int(proc.stop_signal),
+                port=port,
+                argv=proc.argv,
+                log_path=str(proc.log_path),
+                health=check_to_json(health),
+            )
+        )
+
+    def _start_redis(self) -> str:
+        if self.config.redis_url:
+            url = self.config.redis_url
+            if not redis_ping(url):
+                raise StackError(
+                    f"RELAYQ_REDIS_URL={url} is set (an external Redis) but nothing answers "
+                    "there; unset it to let relayq-stack start its own Redis"
+                )
+            self._record(Component("redis", "redis", url, health=check_to_json(RedisPing(url))))
+            return url
+        self.redis = start_redis(
+            self.paths.redis, self.config.redis_port, log_path=self.paths.log("redis")
+        )
+        assert self.redis.process is not None
+        self._record_process(
+            self.redis.process, "redis", self.redis.url, RedisPing(self.redis.url), self.redis.port
+        )
+        return self.redis.url
+
+    def _start_postgres(self) -> str:
+        if self.config.database_url:
+            url = self.config.database_url
+            if not postgres_ready(url):
+                raise StackError(
+                    f"RELAYQ_DATABASE_URL={url} is set (an external PostgreSQL) but it does not "
+                    "accept connections; unset it to let relayq-stack start its own PostgreSQL"
+                )
+            self._record(
+                Component("postgres", "postgres", url, health=check_to_json(PostgresReady(url)))
+            )
+            return url
+        self.postgres = start_postgres(
+            self.paths.pgdata,
+            self.config.postgres_port,
+            log_path=self.paths.log("postgres"),
+            fast=self.config.fast,
+        )
+        pg = self.postgres
+        assert pg.process is not None
+        self._record_process(pg.process, "postgres", pg.url, PostgresReady(pg.url), pg.port)
+        return pg.url
+
+    def up(self) -> StackInfo:
+        """Starts everything and waits until healthy; on failure stops what it started.
+
+        Refuses if a stack recorded in the same state directory still runs.
+        """
+        with self.paths.locked():
+            existing = StackState.load(self.paths)
+            if existing is not None and any(
+                c.handle().is_running() for c in existing.components if c.managed
+            ):
+                raise StackError(f"a stack already runs in {self.paths.root}")
+            return self._up_locked()
+
+    def _up_locked(self) -> StackInfo:
+        deadline = time.monotonic() + self.config.timeout
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.state.save(self.paths)
+        try:
+            return self._up(deadline)
+        except BaseException:
+            # Ctrl-C included: never leave half a stack behind.
+            self.down()
+            raise
+
+    def _up(self, deadline: float) -> StackInfo:
+        groups = set(PORTS_BY_GROUP) - self.config.skip
+        ports, notes = _resolve_ports(self.config, groups)
+        self.state.notes = notes
+        redis_url = self._start_redis()
+        database_url = self._start_postgres()
+        ctx = ServiceContext(
+            bin_dir=self.config.bin_dir,
+            redis_url=redis_url,
+            database_url=database_url,
+            ports=ports,
+            workers=self.config.workers,
+            concurrency=self.config.concurrency,
+        )
+        specs = [s for s in self.services(ctx) if s.group not in self.config.skip]
+        missing = sorted({s.argv[0] for s in specs if not Path(s.argv[0]).exists()})
+        if self.migrate and not Path(migrate_argv(ctx)[0]).exists():
+            missing.insert(0, migrate_argv(ctx)[0])
+        if missing:
+            raise StackError(
+                "not installed: " + ", ".join(missing) + " (is the workspace synced: `uv sync`?)"
+            )
+        if self.migrate:
+            migrate = ServiceProcess(
+                "migrate",
+                migrate_argv(ctx),
+                log_path=self.paths.log("migrate"),
+                env=ctx.common_env(),
+            )
+            self.processes.append(migrate)  # so that Ctrl-C during migrations stops it too
+            try:
+                _run_to_completion(migrate, deadline)
+            except ProcessFailed as exc:
+                raise StackError("migrations failed", [exc]) from None
+        for spec in specs:
+            self._start_service(spec)
+        self._wait_healthy(specs, deadline)
+        self.state.env = stack_env(ctx, {s.group for s in specs})
+        header = ENV_HEADER.format(path=self.paths.stack_env)
+        write_env(self.paths.stack_env, self.state.env, header=header)
+        self.state.phase = "up"
+        self.state.save(self.paths)
+        log.info("stack_up", state_dir=str(self.paths.root), services=[s.name for s in specs])
+        return StackInfo(self.paths.root, dict(self.state.env), self.state.components, notes)
+
+    def _start_service(self, spec: ServiceSpec) -> None:
+        proc = ServiceProcess(
+            spec.name,
+            spec.argv,
+            log_path=self.paths.log(spec.name),
+            env=spec.env,
+            stop_signal=spec.stop_signal,
+        )
+        self.processes.append(proc)
+        self._record_process(proc, "service", spec.endpoint, spec.health, spec.port)
+
+    def _wait_healthy(self, specs: Sequence[ServiceSpec], deadline: float) -> None:
+        procs = {p.name: p for p in self.processes}
+        pending = {s.name: s.health for s in specs}
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(pending)))) as pool:
+            while pending:
+                dead = [procs[n] for n in pending if not procs[n].is_running()]
+                if dead:
+                    raise StackError(
+                        "a service exited while starting",
+                        [
+                            ProcessFailed(p.name, f"exited with code {p.returncode}", p.log_path)
+                            for p in dead
+                        ],
+                    )
+                checks: list[tuple[str, Callable[[], bool]]] = list(pending.items())
+                results = pool.map(lambda item: item[1](), checks)
+                for (name, _), ok in zip(checks, results, strict=True):
+                    if ok:
+                        log.info("service_healthy", name=name)
+                        del pending[name]
+                if not pending:
+                    return
+                if time.monotonic() >= deadline:
+                    raise StackError(
+                        f"not healthy after {self.config.timeout:.0f}s: {', '.join(pending)}",
+                        [
+                            ProcessFailed(n, "not healthy in time", procs[n].log_path)
+                            for n in pending
+                        ],
+                    )
+                time.sleep(_POLL)
+
+    def down(self, timeout: float = 10.0) -> None:
+        """Stops the services, then the servers; removes ``stack.json`` and ``stack.env``."""
+        stop_all(self.processes, timeout)
+        servers: list[Stoppable] = [
+            s.process for s in (self.postgres, self.redis) if s is not None and s.process
+        ]
+        stop_all(servers, timeout)
+        StackState.clear(self.paths)
+        log.info("stack_down", state_dir=str(self.paths.root))
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+
+def _stop_recorded(paths: StatePaths, state: StackState, timeout: float) -> list[str]:
+    managed = [c for c in state.components if c.managed]
+    running = [c.name for c in managed if c.handle().is_running() or c.handle().group_alive()]
+    stop_all([c.handle() for c in managed if c.kind == "service"], timeout)
+    stop_all([c.handle() for c in managed if c.kind != "service"], timeout)
+    StackState.clear(paths)
+    return running
+
+
+def up(
+    config: StackConfig,
+    *,
+    restart: bool = False,
+    services: ServiceFactory = relayq_services,
+    migrate: bool = True,
+) -> StackInfo:
+    """Brings the stack up, unless it already runs (then says so; ``restart`` restarts it).
+
+    Raises :class:`StackError` if a previous stack is half dead (run :func:`down` first).
+    """
+    paths = StatePaths(config.state_dir)
+    with paths.locked():
+        state = StackState.load(paths)
+        if state is not None:
+            managed = [c for c in state.components if c.managed]
+            alive = [c for c in managed if c.handle().is_running()]
+            if restart or not alive:
+                _stop_recorded(paths, state, timeout=10.0)
+            elif len(alive) == len(managed) and state.phase == "up":
+                return StackInfo(
+                    paths.root, state.env, state.components, state.notes, already_running=True
+                )
+            else:
+                dead = sorted({c.name for c in managed} - {c.name for c in alive})
+                raise StackError(
+                    f"a stack in {paths.root} is degraded (not running: {', '.join(dead)}); "
+                    "run `relayq-stack down` first, or `relayq-stack up --restart`"
+                )
+        return Stack(config, services=services, migrate=migrate)._up_locked()
+
+
+def down(state_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Stops every process recorded in ``state_dir`` (services first); returns the names of
+    those that were running. Safe when nothing runs."""
+    paths = StatePaths(state_dir)
+    with paths.locked():
+        state = StackState.load(paths)
+        if state is None:
+            StackState.clear(paths)
+            return []
+        return _stop_recorded(paths, state, timeout)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One line of ``relayq-stack status``."""
+
+    name: str
+    kind: str
+    pid: int | None
+    endpoint: str
+    running: bool
+    healthy: bool
+
+    @property
+    def state(self) -> str:
+        """healthy, unhealthy (running but failing its check) or dead."""
+        if self.healthy:
+            return "healthy"
+        return "unhealthy" if self.running else "dead"
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """The whole stack: ``overall`` is healthy, degraded or stopped."""
+
+    state_dir: Path
+    phase: str | None
+    components: list[ComponentStatus]
+
+    @property
+    def overall(self) -> str:
+        managed = [c for c in self.components if c.pid is not None]
+        if self.phase is None or not any(c.running for c in managed):
+            return "stopped"
+        if self.phase == "up" and all(c.healthy for c in self.components):
+            return "healthy"
+        return "degraded"
+
+
+def _component_status(component: Component) -> ComponentStatus:
+    running = component.handle().is_running() if component.managed else True
+    check = component.health_check()
+    healthy = running and (check() if check is not None else True)
+    if not component.managed:
+        running = healthy
+    return ComponentStatus(
+        component.name, component.kind, component.pid, component.endpoint, running, healthy
+    )
+
+
+def status(state_dir: Path) -> StackStatus:
+    """Checks every recorded component (pid alive, health check passing)."""
+    paths = StatePaths(state_dir)
+    state = StackState.load(paths)
+    if state is None:
+        return StackStatus(paths.root, None, [])
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(state.components)))) as pool:
+        components = list(pool.map(_component_status, state.components))
+    return StackStatus(paths.root, state.phase, components)
