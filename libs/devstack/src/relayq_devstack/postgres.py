@@ -207,9 +207,12 @@ class PostgresServer:
             "max_connections": str(self.max_connections),
         }
         if self.fast:
-            # Throwaway test servers only: a crash of the machine (not of PostgreSQL) may lose
-            # or corrupt data. Killing the server is still safe, the OS keeps the page cache.
-            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+            # Throwaway test servers only: a crash of the machine may lose or corrupt data.
+            # Killing PostgreSQL stays safe: a commit still writes its WAL before answering (to
+            # the OS page cache, which outlives the process). synchronous_commit stays on for
+            # that reason: off would let a killed server forget acknowledged commits, which
+            # chaos tests must never see.
+            settings |= {"fsync": "off", "full_page_writes": "off"}
         argv = [str(pg_binary("postgres")), "-D", str(self.data_dir), "-p", str(self.port)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
@@ -324,8 +327,9 @@ def start_postgres(
     """Starts PostgreSQL on ``data_dir`` (initialised on first use) and creates ``database``.
 
     ``port=None`` picks a free port (and another one if a concurrent process takes it first).
-    ``fast=True`` turns durability off (``fsync``, ``synchronous_commit``, ``full_page_writes``):
-    for throwaway test servers only. The log defaults to ``data_dir/postgres.log``.
+    ``fast=True`` turns ``fsync`` and ``full_page_writes`` off: for throwaway test servers only
+    (a killed server still keeps every acknowledged commit; a crashed machine may not).
+    The log defaults to ``data_dir/postgres.log``.
     """
     log_file = log_path or Path(data_dir) / "postgres.log"
     attempts = 3 if port is None else 1
