@@ -34,6 +34,7 @@ from relayq_devstack.health import celery_workers_ready
 from relayq_devstack.postgres import PostgresServer, start_postgres
 from relayq_devstack.process import ServiceProcess
 from relayq_devstack.redis import RedisServer, start_redis
+from worker_svc.schema import migrate as migrate_worker
 
 REPO = repo_root()
 BIN = Path(sys.executable).parent
@@ -64,6 +65,7 @@ def database_url(postgres: PostgresServer) -> str:
     url = postgres.url
     asyncio.run(migrate_ledger(url))
     asyncio.run(migrate_dlq(url))
+    asyncio.run(migrate_worker(url))
     return url
 
 

@@ -20,4 +20,7 @@ class IngestSettings(CommonSettings):
     max_payload_depth: int = Field(32, gt=0, description="Deepest nesting of the payload")
     max_batch: int = Field(1000, gt=0, description="Most jobs in one SubmitJobs call")
     db_pool_size: int = Field(10, gt=0)
+    republish_after_seconds: float = Field(
+        10.0, gt=0, description="A re-submit publishes a never-enqueued job again after this"
+    )
     grace_seconds: float = Field(5.0, ge=0, description="In-flight RPCs get this long on SIGTERM")

@@ -71,6 +71,7 @@ def job_to_proto(job: JobRecord) -> job_pb2.Job:
         started_at=_ts(job.started_at),
         finished_at=_ts(job.finished_at),
         next_attempt_at=_ts(job.next_attempt_at),
+        duplicate_deliveries=job.duplicate_deliveries,
         attempts=[
             job_pb2.Attempt(
                 number=a.number,

@@ -64,6 +64,7 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
         "payload": job.payload,
         "state": job.state.value,
         "attempt_count": job.attempt_count,
+        "duplicate_deliveries": job.duplicate_deliveries,
         "attempts": [
             {
                 "number": a.number,

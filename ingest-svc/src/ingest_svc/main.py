@@ -37,7 +37,9 @@ async def serve(settings: IngestSettings) -> None:
     limits = Limits(settings.max_payload_bytes, settings.max_payload_depth)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     publisher = Publisher(settings.redis_url, catalog.default_queue)
-    jobs = JobService(pool, publisher, JobLedger())
+    jobs = JobService(
+        pool, publisher, JobLedger(), republish_after_seconds=settings.republish_after_seconds
+    )
     servicer = IngestServicer(jobs, catalog, limits, settings.max_batch)
     running = await start_server([registration(servicer)], f"{settings.host}:{settings.grpc_port}")
     http = _EmbeddedServer(

@@ -55,10 +55,18 @@ def _match(
 class JobService:
     """Submit and GetJob over the ledger and the broker."""
 
-    def __init__(self, pool: asyncpg.Pool, publisher: Publisher, ledger: JobLedger) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        ledger: JobLedger,
+        *,
+        republish_after_seconds: float = 10.0,
+    ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._ledger = ledger
+        self._republish_after = republish_after_seconds
 
     async def submit(
         self, specs: Sequence[JobSpec], *, generated_ids: set[str] | None = None
@@ -86,6 +94,7 @@ class JobService:
 
         results: list[SubmitResult | RelayqError] = []
         to_publish: list[JobSpec] = []
+        unpublished: dict[str, JobSpec] = {}
         new_ids: list[str] = []
         seen: set[str] = set()
         for spec in specs:
@@ -112,23 +121,28 @@ class JobService:
             outcome = _match(spec, relevant, client_named_job_id=spec.job_id not in generated)
             if isinstance(outcome, SubmitResult):
                 first = next(e for e in relevant if e.idempotency_key == spec.idempotency_key)
-                if (
-                    not first.enqueued
-                    and first.state is JobState.QUEUED
-                    and first.job_id not in {s.job_id for s in to_publish}
-                ):
-                    # The first submit recorded the job but its publish never completed.
-                    to_publish.append(
-                        JobSpec(
-                            first.job_id,
-                            first.idempotency_key,
-                            spec.task,
-                            first.queue,
-                            spec.payload,
-                            spec.trace_id,
-                        )
+                if not first.enqueued and first.state is JobState.QUEUED:
+                    unpublished[first.job_id] = JobSpec(
+                        first.job_id,
+                        first.idempotency_key,
+                        spec.task,
+                        first.queue,
+                        spec.payload,
+                        spec.trace_id,
                     )
             results.append(outcome)
+        new_in_batch = {s.job_id for s in to_publish}
+        candidates = [j for j in unpublished if j not in new_in_batch]
+        if candidates:
+            # The first submit recorded these but never saw the broker accept them (it failed
+            # or died midway). One caller, after a grace period, publishes them again.
+            try:
+                again = await self._ledger.claim_republish(
+                    self._pool, candidates, self._republish_after
+                )
+            except _DB_ERRORS as exc:
+                raise Unavailable(f"the job ledger is unavailable ({type(exc).__name__})") from exc
+            to_publish.extend(unpublished[j] for j in candidates if j in again)
 
         try:
             await self._publisher.publish(to_publish)

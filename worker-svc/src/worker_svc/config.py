@@ -17,4 +17,8 @@ class WorkerSettings(CommonSettings):
     node_name: str = Field("", description="Celery node name (e.g. worker1@%h); empty: default")
     queues: str = Field("", description="Comma-separated queues; empty: every catalogue queue")
     prefetch_multiplier: int = Field(1, gt=0)
+    lock_wait_seconds: float = Field(
+        10.0, gt=0, description="How long a duplicate delivery waits for the running one"
+    )
+    defer_seconds: float = Field(5.0, gt=0, description="Then it is re-tried after this delay")
     task_events: bool = Field(True, description="Send task events (Flower shows tasks)")

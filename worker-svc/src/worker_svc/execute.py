@@ -16,12 +16,19 @@ from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
 from relayq_core.jobs import JobState
 from relayq_core.logging import get_logger, job_context
 from worker_svc.app import settings
-from worker_svc.runner import Delivery, Handler, Outcome, record_failure, run_delivery
+from worker_svc.runner import (
+    Deferred,
+    Delivery,
+    Handler,
+    Outcome,
+    record_failure,
+    run_delivery,
+)
 from worker_svc.runtime import Runtime
 
 log = get_logger(__name__)
 
-runtime = Runtime(settings.database_url)
+runtime = Runtime(settings.database_url, settings.lock_wait_seconds)
 ledger = JobLedger()
 
 #: Delay before re-trying a delivery that could not reach Postgres.
@@ -52,6 +59,9 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
                     )
                 )
                 log.warning("job_failed", attempt=run.attempt, error_type=type(run.error).__name__)
+        except Deferred as exc:
+            log.info("job_deferred", reason=str(exc), countdown=settings.defer_seconds)
+            raise task.retry(countdown=settings.defer_seconds, max_retries=None, exc=exc) from exc
         except UNAVAILABLE_ERRORS as exc:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from relayq_core.logging import configure_logging, get_logger
@@ -20,6 +21,9 @@ def main() -> None:
         sys.exit(
             f"relayq-worker: no task for catalogue entries {missing} ({settings.catalog_path})"
         )
+    from worker_svc.schema import migrate
+
+    asyncio.run(migrate(settings.database_url))
     queues = settings.queues or ",".join(catalog.queues())
     argv = [
         "worker",

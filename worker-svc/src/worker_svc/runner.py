@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from relayq_core.db.ledger import JobLedger
+import asyncpg
+
+from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
 from relayq_core.jobs import AttemptRecord, JobState
 from relayq_core.logging import get_logger
 from worker_svc.context import JobContext, JsonObject
@@ -65,19 +67,30 @@ class Delivery:
     worker: str
 
 
+class Deferred(Exception):
+    """Another delivery of this job holds it longer than we wait; try this one again later."""
+
+
 async def run_delivery(
     runtime: Runtime, ledger: JobLedger, delivery: Delivery, handler: Handler
 ) -> RunResult:
-    """Claims, runs and records one delivery. Database errors propagate (the caller retries)."""
+    """Claims, runs and records one delivery.
+
+    Raises :class:`Deferred` when another delivery of the same job is still running after the
+    lock wait, and lets database outages propagate: the caller retries both later.
+    """
     conn = await runtime.connection()
-    attempt = await ledger.claim(conn, delivery.job_id)
+    try:
+        attempt = await ledger.claim(conn, delivery.job_id)
+    except asyncpg.LockNotAvailableError as exc:
+        raise Deferred("another delivery of this job is running") from exc
     if attempt is None:
-        state = await ledger.peek_state(conn, delivery.job_id)
-        if state is None:
+        found = await ledger.record_duplicate(conn, delivery.job_id)
+        if found is None:
             log.error("job_unknown", reason="no ledger row for this message; dropped")
             return RunResult(Outcome.UNKNOWN_JOB)
-        log.info("job_duplicate_delivery", state=state[0].value)
-        return RunResult(Outcome.DUPLICATE, result=state[1])
+        log.info("job_duplicate_delivery", state=found[0].value)
+        return RunResult(Outcome.DUPLICATE, result=found[1])
 
     started_at = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -85,8 +98,14 @@ async def run_delivery(
     try:
         async with conn.transaction():
             locked = await ledger.lock_for_outcome(conn, delivery.job_id)
-            if locked is not None and locked[0] is JobState.SUCCEEDED:
-                # Another delivery finished while we waited for the lock.
+            if locked is not None and locked[0].terminal:
+                # Another delivery finished between our claim and this lock.
+                await ledger.record_duplicate(conn, delivery.job_id)
+                await ledger.record_attempt(
+                    conn,
+                    delivery.job_id,
+                    AttemptRecord(attempt, delivery.worker, started_at, 0.0, "duplicate"),
+                )
                 log.info("job_duplicate_delivery", state=locked[0].value)
                 return RunResult(Outcome.DUPLICATE, attempt=attempt, result=locked[1])
             ctx = JobContext(
@@ -105,8 +124,10 @@ async def run_delivery(
                     attempt, delivery.worker, started_at, time.perf_counter() - t0, "succeeded"
                 ),
             )
+    except asyncpg.LockNotAvailableError as exc:
+        raise Deferred("another delivery of this job is running") from exc
     except Exception as exc:
-        if conn.is_closed():
+        if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
             raise  # the database went away: not the handler's failure
         duration = time.perf_counter() - t0
         log.warning(

@@ -22,8 +22,9 @@ T = TypeVar("T")
 class Runtime:
     """The child process's loop and database connection."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, lock_wait_seconds: float = 10.0) -> None:
         self._dsn = dsn
+        self._lock_wait_ms = int(lock_wait_seconds * 1000)
         self._pid = -1
         self._runner: asyncio.Runner | None = None
         self._conn: asyncpg.Connection | None = None
@@ -42,7 +43,10 @@ class Runtime:
     async def connection(self) -> asyncpg.Connection:
         """The process's connection, reconnecting if it was closed or broken."""
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect(self._dsn)
+            conn = await connect(self._dsn)
+            # A delivery waits this long for another delivery of the same job, then defers.
+            await conn.execute(f"SET lock_timeout = {self._lock_wait_ms}")
+            self._conn = conn
         return self._conn
 
     async def discard_connection(self) -> None:

@@ -57,3 +57,21 @@ class Unavailable(RelayqError):
 
     code = grpc.StatusCode.UNAVAILABLE
     http_status = 503
+
+
+class JobError(Exception):
+    """The job failed.
+
+    Raised by handlers. Whether another attempt can help is data on the error (``retryable``),
+    not a subclass: bad input or a business rule is ``retryable=False`` and dead-letters at once;
+    anything else (including any unexpected exception) is retried under the task's policy.
+    """
+
+    def __init__(self, message: str | None = None, *, retryable: bool = True) -> None:
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+        self.retryable = retryable
+
+    @classmethod
+    def permanent(cls, message: str) -> JobError:
+        """A failure no retry can fix (bad payload, business rule)."""
+        return cls(message, retryable=False)

@@ -92,6 +92,7 @@ class JobRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
+    duplicate_deliveries: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
 
 

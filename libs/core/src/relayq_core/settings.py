@@ -3,8 +3,8 @@
 Each service has one ``config.py`` with a pydantic-settings class under its own env prefix
 (``RELAYQ_INGEST_``, ``RELAYQ_WORKER_`` ...) that extends :class:`CommonSettings`. The few
 values the whole fleet shares (database, broker, logging, task catalogue) keep their stack-wide
-names (``RELAYQ_DATABASE_URL``, ``RELAYQ_REDIS_URL`` ...), so one ``.relayq/stack.env`` configures every
-process. Nothing outside the ``config.py`` modules reads ``os.environ``.
+names (``RELAYQ_DATABASE_URL``, ``RELAYQ_REDIS_URL`` ...), so one ``.relayq/stack.env``
+configures every process. Nothing outside the ``config.py`` modules reads ``os.environ``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relayq_core.errors import InvalidArgument
+from relayq_core.errors import JobError
 from worker_svc.context import JobContext, JsonObject
 
 
@@ -21,6 +21,35 @@ async def slow(ctx: JobContext, payload: JsonObject) -> Any:
     """
     ms = payload.get("ms", 0)
     if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= 60_000:
-        raise InvalidArgument("demo.slow needs payload.ms, an integer from 0 to 60000")
+        raise JobError.permanent("demo.slow needs payload.ms, an integer from 0 to 60000")
     await ctx.conn.execute("SELECT pg_sleep($1)", ms / 1000)
     return {"slept_ms": ms}
+
+
+async def charge(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.charge``: records one charge, exactly once per idempotency key.
+
+    The row is written through ``ctx.conn``, inside the transaction that also records the job's
+    success: both commit or neither does, so no delivery, retry or replay can charge twice.
+    ``hold_ms`` (optional) keeps the transaction open that long, so tests can overlap deliveries.
+    """
+    account = payload.get("account")
+    amount = payload.get("amount_cents")
+    hold_ms = payload.get("hold_ms", 0)
+    if not isinstance(account, str) or not 0 < len(account) <= 64:
+        raise JobError.permanent("demo.charge needs payload.account, a string of 1-64 characters")
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= 10**9:
+        raise JobError.permanent("demo.charge needs payload.amount_cents, an integer 1..1e9")
+    if not isinstance(hold_ms, int) or not 0 <= hold_ms <= 10_000:
+        raise JobError.permanent("demo.charge payload.hold_ms must be an integer 0..10000")
+    await ctx.conn.execute(
+        "INSERT INTO demo_charges (idempotency_key, job_id, account, amount_cents)"
+        " VALUES ($1, $2, $3, $4)",
+        ctx.idempotency_key,
+        ctx.job_id,
+        account,
+        amount,
+    )
+    if hold_ms:
+        await ctx.conn.execute("SELECT pg_sleep($1)", hold_ms / 1000)
+    return {"charged": amount, "account": account}

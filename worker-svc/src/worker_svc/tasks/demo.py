@@ -21,3 +21,9 @@ def echo(self: Task, **message: Any) -> Any:
 def slow(self: Task, **message: Any) -> Any:
     """Takes ``payload.ms`` milliseconds."""
     return execute(self, demo.slow, message)
+
+
+@app.task(name="demo.charge", bind=True)
+def charge(self: Task, **message: Any) -> Any:
+    """Charges ``payload.amount_cents`` to ``payload.account``, once per idempotency key."""
+    return execute(self, demo.charge, message)

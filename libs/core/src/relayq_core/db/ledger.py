@@ -130,6 +130,15 @@ class JobLedger:
         if job_ids:
             await db.execute(_Q["mark_enqueued"], list(job_ids))
 
+    async def claim_republish(
+        self, db: Executor, job_ids: Sequence[str], after_seconds: float
+    ) -> set[str]:
+        """Of these never-enqueued jobs, the ones this caller should publish again (see SQL)."""
+        if not job_ids:
+            return set()
+        rows = await db.fetch(_Q["claim_republish"], list(job_ids), after_seconds)
+        return {r["job_id"] for r in rows}
+
     async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
         """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
         if job_ids:
@@ -158,6 +167,7 @@ class JobLedger:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             next_attempt_at=row["next_attempt_at"],
+            duplicate_deliveries=row["duplicate_deliveries"],
             attempts=attempts,
         )
 
@@ -165,6 +175,16 @@ class JobLedger:
         """Starts an attempt; its number, or None when the job is already finished or unknown."""
         row = await db.fetchrow(_Q["claim"], job_id)
         return None if row is None else int(row["attempt_count"])
+
+    async def record_duplicate(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
+        """Counts a delivery that found the job finished; its state and stored result."""
+        row = await db.fetchrow(_Q["record_duplicate"], job_id)
+        return None if row is None else (JobState(row["state"]), row["result"])
+
+    async def purge_finished(self, db: Executor, before: datetime, batch: int = 1000) -> int:
+        """Deletes up to ``batch`` finished jobs that finished before ``before``; how many."""
+        status = await db.execute(_Q["purge_finished"], before, batch)
+        return int(status.split()[-1])
 
     async def peek_state(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
         """The job's state and stored result, or None when unknown."""

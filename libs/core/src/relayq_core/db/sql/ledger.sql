@@ -19,6 +19,15 @@ WHERE idempotency_key = ANY($1::text[]) OR job_id = ANY($2::text[]);
 UPDATE relayq_jobs SET enqueued_at = now()
 WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL;
 
+-- name: claim_republish
+-- A re-submit found the job recorded but never acknowledged by the broker. Only when the last
+-- publish attempt (updated_at) is older than $2 seconds may one caller publish again: a submit
+-- still in flight, or a racing duplicate, publishes nothing.
+UPDATE relayq_jobs SET updated_at = now()
+WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL AND state = 'queued'
+  AND updated_at < now() - make_interval(secs => $2)
+RETURNING job_id;
+
 -- name: forget_unpublished
 -- Undoes a submit whose publish failed (the client is told UNAVAILABLE), unless someone has
 -- already enqueued or run the job meanwhile.
@@ -39,6 +48,22 @@ SET state = 'running', attempt_count = attempt_count + 1, updated_at = now(),
     started_at = coalesce(started_at, now()), next_attempt_at = NULL
 WHERE job_id = $1 AND state NOT IN ('succeeded', 'dead_lettered')
 RETURNING attempt_count;
+
+-- name: record_duplicate
+-- A delivery of a job that is already finished: counted, nothing else changes.
+UPDATE relayq_jobs SET duplicate_deliveries = duplicate_deliveries + 1
+WHERE job_id = $1
+RETURNING state, result;
+
+-- name: purge_finished
+-- Retention: finished jobs (and with them their idempotency keys and attempts) older than the
+-- cutoff, at most $2 per call so a large purge never holds long locks.
+DELETE FROM relayq_jobs
+WHERE job_id IN (
+    SELECT job_id FROM relayq_jobs
+    WHERE state IN ('succeeded', 'dead_lettered') AND finished_at < $1
+    LIMIT $2
+);
 
 -- name: peek_state
 SELECT state, attempt_count, result FROM relayq_jobs WHERE job_id = $1;

@@ -1,0 +1,229 @@
+"""Idempotency end to end: duplicate submits (gRPC, HTTP, concurrent) and duplicate deliveries
+to real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import struct_pb2
+
+from relayq.v1 import ingest_pb2, job_pb2
+from relayq_core.jobs import JobSpec
+from tests.conftest import Ingest, broker_messages
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def request(task: str, payload: dict[str, Any], **fields: str) -> ingest_pb2.SubmitJobRequest:
+    struct = struct_pb2.Struct()
+    struct.update(payload)
+    return ingest_pb2.SubmitJobRequest(task=task, payload=struct, **fields)
+
+
+async def charges_for(ingest: Ingest, keys: list[str]) -> int:
+    pool = ingest.jobs._pool  # read the effect table directly: that is what must hold once
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM demo_charges WHERE idempotency_key = ANY($1::text[])", keys
+        )
+    )
+
+
+async def wait_all_done(
+    ingest: Ingest, job_ids: list[str], timeout: float = 90
+) -> list[job_pb2.Job]:
+    deadline = time.monotonic() + timeout
+    pending = set(job_ids)
+    done: dict[str, job_pb2.Job] = {}
+    while pending:
+        assert time.monotonic() < deadline, f"{len(pending)} jobs unfinished"
+        replies = await asyncio.gather(
+            *(ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=j)) for j in pending)
+        )
+        for r in replies:
+            if r.job.state == job_pb2.JOB_STATE_SUCCEEDED:
+                done[r.job.job_id] = r.job
+        pending -= set(done)
+        if pending:
+            await asyncio.sleep(0.2)
+    return [done[j] for j in job_ids]
+
+
+async def test_concurrent_identical_submits_create_one_job(
+    ingest: Ingest, quiet_broker_url: str
+) -> None:
+    key = f"race-{uuid.uuid4()}"
+    before = len(broker_messages(quiet_broker_url, "default"))
+    replies = await asyncio.gather(
+        *(
+            ingest.stub.SubmitJob(request("demo.echo", {"a": 1}, idempotency_key=key))
+            for _ in range(20)
+        )
+    )
+    assert len({r.job_id for r in replies}) == 1
+    assert sorted(r.duplicate for r in replies) == [False] + [True] * 19
+    assert len(broker_messages(quiet_broker_url, "default")) == before + 1
+
+
+async def test_concurrent_conflicting_submits_one_wins(ingest: Ingest) -> None:
+    key = f"race-{uuid.uuid4()}"
+    results = await asyncio.gather(
+        *(
+            ingest.stub.SubmitJob(request("demo.echo", {"n": n}, idempotency_key=key))
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results if isinstance(r, ingest_pb2.SubmitJobResponse)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(accepted) == 1 and len(refused) == 9
+    assert all(e.code() == grpc.StatusCode.ALREADY_EXISTS for e in refused)
+
+
+async def test_concurrent_http_submits_create_one_job(ingest: Ingest) -> None:
+    transport = httpx.ASGITransport(app=ingest.http_app)  # type: ignore[arg-type]
+    body = {"task": "demo.echo", "payload": {"hook": "x"}, "idempotency_key": f"h-{uuid.uuid4()}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as http:
+        replies = await asyncio.gather(*(http.post("/v1/jobs", json=body) for _ in range(10)))
+    assert sorted(r.status_code for r in replies) == [200] * 9 + [201]
+    assert len({r.json()["job_id"] for r in replies}) == 1
+
+
+async def test_a_batch_repeating_a_key_returns_the_first(ingest: Ingest) -> None:
+    key = f"batch-{uuid.uuid4()}"
+    reply = await ingest.stub.SubmitJobs(
+        ingest_pb2.SubmitJobsRequest(
+            jobs=[request("demo.echo", {"a": 1}, idempotency_key=key)] * 3
+            + [request("demo.echo", {"a": 2}, idempotency_key=key)]
+        )
+    )
+    jobs = [r.job for r in reply.results[:3]]
+    assert len({j.job_id for j in jobs}) == 1
+    assert [j.duplicate for j in jobs] == [False, True, True]
+    assert reply.results[3].error.code == "ALREADY_EXISTS"
+
+
+async def test_same_message_to_two_worker_processes_applies_once(live_ingest: Ingest) -> None:
+    key = f"double-{uuid.uuid4()}"
+    reply = await live_ingest.stub.SubmitJob(
+        request(
+            "demo.charge",
+            {"account": "acct-9", "amount_cents": 700, "hold_ms": 800},
+            idempotency_key=key,
+        )
+    )
+    # The same message again, at once: the test worker's second pool process takes it while the
+    # first is still inside the charge transaction.
+    spec = JobSpec(
+        reply.job_id,
+        key,
+        "demo.charge",
+        "default",
+        {"account": "acct-9", "amount_cents": 700, "hold_ms": 800},
+    )
+    await live_ingest.jobs._publisher.publish([spec])
+    (job,) = await wait_all_done(live_ingest, [reply.job_id])
+    deadline = time.monotonic() + 30
+    while job.duplicate_deliveries < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        job = (await live_ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
+    assert job.duplicate_deliveries == 1
+    assert await charges_for(live_ingest, [key]) == 1
+    assert [a.outcome for a in job.attempts].count("succeeded") == 1
+    workers = {a.worker for a in job.attempts}
+    assert all(w.startswith("test-worker@") for w in workers)
+
+
+async def test_1000_charges_submitted_twice_and_delivered_twice(live_ingest: Ingest) -> None:
+    run = uuid.uuid4().hex[:8]
+    batch = [
+        request(
+            "demo.charge",
+            {"account": f"acct-{i % 7}", "amount_cents": 100 + i},
+            idempotency_key=f"bulk-{run}-{i}",
+        )
+        for i in range(1000)
+    ]
+    first = await live_ingest.stub.SubmitJobs(ingest_pb2.SubmitJobsRequest(jobs=batch))
+    second = await live_ingest.stub.SubmitJobs(ingest_pb2.SubmitJobsRequest(jobs=batch))
+    assert not any(r.job.duplicate for r in first.results)
+    assert all(r.job.duplicate for r in second.results)
+    ids = [r.job.job_id for r in first.results]
+    assert [r.job.job_id for r in second.results] == ids
+    # Deliver every job a second time, on purpose.
+    await live_ingest.jobs._publisher.publish(
+        [
+            JobSpec(
+                r.job.job_id,
+                f"bulk-{run}-{i}",
+                "demo.charge",
+                "default",
+                {"account": f"acct-{i % 7}", "amount_cents": 100 + i},
+            )
+            for i, r in enumerate(first.results)
+        ]
+    )
+    jobs = await wait_all_done(live_ingest, ids, timeout=180)
+    keys = [f"bulk-{run}-{i}" for i in range(1000)]
+    assert await charges_for(live_ingest, keys) == 1000
+    deadline = time.monotonic() + 60
+    while sum(j.duplicate_deliveries for j in jobs) < 1000 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        jobs = await wait_all_done(live_ingest, ids)
+    assert sum(j.duplicate_deliveries for j in jobs) == 1000
+    assert all([a.outcome for a in j.attempts].count("succeeded") == 1 for j in jobs)
+
+
+async def test_resubmit_republishes_a_job_the_broker_never_got(
+    ingest: Ingest, quiet_broker_url: str
+) -> None:
+    key = f"lost-{uuid.uuid4()}"
+    spec = JobSpec(str(uuid.uuid4()), key, "demo.echo", "default", {"q": 1})
+    pool = ingest.jobs._pool
+    # As if an earlier submit recorded the job and died before the broker accepted it.
+    await ingest.jobs._ledger.insert_jobs(pool, [spec])
+    await pool.execute(
+        "UPDATE relayq_jobs SET updated_at = now() - interval '1 minute' WHERE job_id = $1",
+        spec.job_id,
+    )
+
+    def copies() -> int:
+        return sum(
+            1
+            for m in broker_messages(quiet_broker_url, "default")
+            if m["headers"]["id"] == spec.job_id  # type: ignore[index]
+        )
+
+    again = await ingest.stub.SubmitJob(request("demo.echo", {"q": 1}, idempotency_key=key))
+    assert again.duplicate and again.job_id == spec.job_id
+    assert copies() == 1
+    await ingest.stub.SubmitJob(request("demo.echo", {"q": 1}, idempotency_key=key))
+    assert copies() == 1  # now marked enqueued: never published twice
+
+
+async def test_broker_down_is_unavailable_and_keeps_nothing(ingest: Ingest, catalog: Any) -> None:
+    from ingest_svc.enqueue import Publisher
+    from ingest_svc.submit import JobService
+    from relayq_core.db.ledger import JobLedger
+    from relayq_core.errors import Unavailable
+    from relayq_devstack.ports import free_port
+
+    publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0", "default")
+    jobs = JobService(ingest.jobs._pool, publisher, JobLedger())
+    spec = JobSpec(str(uuid.uuid4()), f"down-{uuid.uuid4()}", "demo.echo", "default", {})
+    try:
+        (result,) = await jobs.submit([spec])
+    finally:
+        publisher.close()
+    assert isinstance(result, Unavailable)
+    assert "retry with the same idempotency_key" in result.message
+    count = await ingest.jobs._pool.fetchval(
+        "SELECT count(*) FROM relayq_jobs WHERE job_id = $1", spec.job_id
+    )
+    assert count == 0

@@ -1,0 +1,146 @@
+"""Property: ``demo.charge`` is idempotent under N random retries, duplicates and crashes.
+
+Each example records one job, then replays a random history of deliveries against the real
+ledger in PostgreSQL with the real delivery protocol (``worker_svc.runner``): plain deliveries,
+handler failures before the commit, a worker "killed" mid-transaction (its connection cut),
+acknowledgements lost after the commit (so the message comes back), and two deliveries racing.
+Delivery is at-least-once, so the history ends with deliveries until one is acknowledged. However
+the history goes, the charge exists once and the job succeeded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger, connect
+from relayq_core.jobs import JobSpec, JobState
+from worker_svc.context import JobContext, JsonObject
+from worker_svc.handlers import demo
+from worker_svc.runner import Delivery, Outcome, RunResult, record_failure, run_delivery
+from worker_svc.runtime import Runtime
+
+pytestmark = pytest.mark.integration
+
+STEPS = ["deliver", "fail_before_commit", "killed_mid_transaction", "ack_lost", "race"]
+ledger = JobLedger()
+
+
+class InjectedFailure(Exception):
+    """A handler failure the test injects."""
+
+
+def failing_after_effect(kind: str) -> Any:
+    async def handler(ctx: JobContext, payload: JsonObject) -> Any:
+        await demo.charge(ctx, payload)  # the effect is written, but not yet committed
+        if kind == "killed":
+            ctx.conn.terminate()  # as if the worker process were SIGKILLed here
+        raise InjectedFailure("injected after the effect, before the commit")
+
+    return handler
+
+
+async def deliver(runtime: Runtime, delivery: Delivery, handler: Any = demo.charge) -> RunResult:
+    try:
+        run = await run_delivery(runtime, ledger, delivery, handler)
+    except UNAVAILABLE_ERRORS:
+        await runtime.discard_connection()  # the "worker" died; its message will come back
+        return RunResult(Outcome.FAILED)
+    if run.outcome is Outcome.FAILED and run.started_at is not None:
+        await record_failure(runtime, ledger, delivery, run, next_state=JobState.RETRYING)
+    return run
+
+
+async def play(dsn: str, steps: list[str], amount: int) -> None:
+    key = f"charge-{uuid.uuid4()}"
+    spec = JobSpec(
+        job_id=str(uuid.uuid4()),
+        idempotency_key=key,
+        task="demo.charge",
+        queue="default",
+        payload={"account": "acct-1", "amount_cents": amount},
+    )
+    setup = await connect(dsn)
+    runtimes = [Runtime(dsn), Runtime(dsn)]
+    try:
+        assert await ledger.insert_jobs(setup, [spec]) == {spec.job_id}
+        delivery = Delivery("demo.charge", spec.job_id, key, spec.payload, "prop-worker")
+        racing = Delivery(
+            "demo.charge", spec.job_id, key, {**spec.payload, "hold_ms": 5}, "prop-worker"
+        )
+        for step in steps:
+            if step == "deliver" or step == "ack_lost":
+                # ack_lost: the run commits, the broker never hears of it and delivers again
+                await deliver(runtimes[0], delivery)
+            elif step == "fail_before_commit":
+                await deliver(runtimes[0], delivery, failing_after_effect("raise"))
+            elif step == "killed_mid_transaction":
+                await deliver(runtimes[0], delivery, failing_after_effect("killed"))
+            elif step == "race":
+                await asyncio.gather(deliver(runtimes[0], racing), deliver(runtimes[1], delivery))
+        # At-least-once: the message keeps coming back until a delivery is acknowledged.
+        for _ in range(5):
+            run = await deliver(runtimes[0], delivery)
+            if run.outcome in (Outcome.SUCCEEDED, Outcome.DUPLICATE):
+                break
+        charges = await setup.fetchval(
+            "SELECT count(*) FROM demo_charges WHERE idempotency_key = $1", key
+        )
+        job = await ledger.get_job(setup, spec.job_id)
+        assert job is not None
+        assert charges == 1, (steps, charges)
+        assert job.state is JobState.SUCCEEDED, steps
+        assert [a.outcome for a in job.attempts].count("succeeded") == 1, steps
+        assert job.result == {"charged": amount, "account": "acct-1"}
+    finally:
+        for runtime in runtimes:
+            await runtime.discard_connection()
+        await setup.close()
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(st.sampled_from(STEPS), min_size=0, max_size=8),
+    amount=st.integers(min_value=1, max_value=10**9),
+)
+def test_charge_is_idempotent_under_random_retries(
+    database_url: str, steps: list[str], amount: int
+) -> None:
+    asyncio.run(play(database_url, steps, amount))
+
+
+def test_a_killed_transaction_leaves_no_effect(database_url: str) -> None:
+    """The building block the property leans on: a cut connection rolls the effect back."""
+
+    async def check() -> None:
+        key = f"killed-{uuid.uuid4()}"
+        spec = JobSpec(
+            str(uuid.uuid4()), key, "demo.charge", "default", {"account": "a", "amount_cents": 5}
+        )
+        conn: asyncpg.Connection = await connect(database_url)
+        runtime = Runtime(database_url)
+        try:
+            await ledger.insert_jobs(conn, [spec])
+            delivery = Delivery("demo.charge", spec.job_id, key, spec.payload, "w")
+            await deliver(runtime, delivery, failing_after_effect("killed"))
+            count = "SELECT count(*) FROM demo_charges WHERE idempotency_key = $1"
+            assert await conn.fetchval(count, key) == 0
+            job = await ledger.get_job(conn, spec.job_id)
+            assert job is not None and job.state is JobState.RUNNING and job.attempt_count == 1
+            assert (await deliver(runtime, delivery)).outcome is Outcome.SUCCEEDED
+            assert await conn.fetchval(count, key) == 1
+        finally:
+            await runtime.discard_connection()
+            await conn.close()
+
+    asyncio.run(check())
