@@ -160,6 +160,7 @@ def test_busy_default_ports_move_and_say_so(tmp_path: Path) -> None:
         cfg = StackConfig(state_dir=tmp_path, ports={**DEFAULT_PORTS, "flower": taken})
         ports, notes = _resolve_ports(cfg, {"flower"})
         assert ports["flower"] != taken
+        assert set(ports) == set(DEFAULT_PORTS), "skipped services keep a port: specs need one"
         assert notes == [f"port {taken} (flower) is busy: using {ports['flower']} instead"]
 
         explicit = StackConfig.from_env({}, cwd=tmp_path, ports={"flower": taken})

@@ -73,7 +73,8 @@ class StackInfo:
 
 
 def _resolve_ports(config: StackConfig, groups: set[str]) -> tuple[dict[str, int], list[str]]:
-    ports: dict[str, int] = {}
+    """Every port, checked (and moved if a busy default) for the groups that will run."""
+    ports: dict[str, int] = dict(config.ports)
     notes: list[str] = []
     for group in sorted(groups):
         for name in PORTS_BY_GROUP.get(group, ()):
