@@ -161,6 +161,7 @@ def worker(
             RELAYQ_WORKER_CONCURRENCY="2",
             RELAYQ_WORKER_NODE_NAME="test-worker@%h",
         ),
+        inherit_env=False,
     )
     try:
         proc.wait_healthy(lambda: celery_workers_ready(redis_url, 1), timeout=60)

@@ -21,4 +21,6 @@ class WorkerSettings(CommonSettings):
         10.0, gt=0, description="How long a duplicate delivery waits for the running one"
     )
     defer_seconds: float = Field(5.0, gt=0, description="Then it is re-tried after this delay")
-    task_events: bool = Field(True, description="Send task events (Flower shows tasks)")
+    task_events: bool = Field(
+        False, description="Send per-task events (Flower's task views); costs consumer CPU"
+    )

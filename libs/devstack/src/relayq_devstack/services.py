@@ -137,6 +137,9 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
                 "flower",
                 f"--port={p['flower']}",
                 f"--address={HOST}",
+                # Per-task events cost the workers' consumer ~40 % of its CPU (docs/
+                # architecture.md); relayq's ledger and metrics carry per-job visibility instead.
+                "--enable_events=False",
             ),
             env={"PYTHONUNBUFFERED": "1"},
             health=HttpOk(f"{flower}/healthcheck"),
