@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -170,7 +171,7 @@ def worker(
         proc.stop(timeout=15)
 
 
-def broker_messages(redis_url: str, queue: str) -> list[dict[str, object]]:
+def broker_messages(redis_url: str, queue: str) -> list[dict[str, Any]]:
     """The Celery messages waiting in ``queue`` (kombu's Redis list), decoded."""
     import base64
     import json

@@ -194,11 +194,8 @@ async def test_resubmit_republishes_a_job_the_broker_never_got(
     )
 
     def copies() -> int:
-        return sum(
-            1
-            for m in broker_messages(quiet_broker_url, "default")
-            if m["headers"]["id"] == spec.job_id  # type: ignore[index]
-        )
+        messages = broker_messages(quiet_broker_url, "default")
+        return len([m for m in messages if m["headers"]["id"] == spec.job_id])
 
     again = await ingest.stub.SubmitJob(request("demo.echo", {"q": 1}, idempotency_key=key))
     assert again.duplicate and again.job_id == spec.job_id

@@ -37,8 +37,8 @@ async def test_submit_records_and_enqueues_once(ingest: Ingest, quiet_broker_url
     messages = broker_messages(quiet_broker_url, "default")
     assert len(messages) == before + 1
     sent = messages[0]  # LPUSH: newest first
-    assert sent["headers"]["task"] == "demo.echo"  # type: ignore[index]
-    assert sent["headers"]["id"] == reply.job_id  # type: ignore[index]
+    assert sent["headers"]["task"] == "demo.echo"
+    assert sent["headers"]["id"] == reply.job_id
     assert sent["kwargs"] == {
         "job_id": reply.job_id,
         "idempotency_key": reply.job_id,
