@@ -44,7 +44,9 @@ def configure_logging(service: str, *, level: str = "info", json: bool = True) -
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line: processes sharing a log file (a worker and its pool) never
+        # interleave halves of lines.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries (celery, asyncpg, uvicorn) log through stdlib: render their lines the same way.
