@@ -20,7 +20,6 @@ import pytest
 import pytest_asyncio
 
 from dlq_svc.main import migrate as migrate_dlq
-from ingest_svc.enqueue import Publisher
 from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
 from ingest_svc.submit import JobService
@@ -30,6 +29,7 @@ from relayq_core.catalog import Catalog, load_catalog
 from relayq_core.db.ledger import JobLedger, create_pool
 from relayq_core.db.migrate import migrate_ledger
 from relayq_core.grpc_server import RunningServer, start_server
+from relayq_core.publish import Publisher
 from relayq_core.settings import repo_root
 from relayq_devstack.health import celery_workers_ready
 from relayq_devstack.postgres import PostgresServer, start_postgres

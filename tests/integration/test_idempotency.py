@@ -205,10 +205,10 @@ async def test_resubmit_republishes_a_job_the_broker_never_got(
 
 
 async def test_broker_down_is_unavailable_and_keeps_nothing(ingest: Ingest, catalog: Any) -> None:
-    from ingest_svc.enqueue import Publisher
     from ingest_svc.submit import JobService
     from relayq_core.db.ledger import JobLedger
     from relayq_core.errors import Unavailable
+    from relayq_core.publish import Publisher
     from relayq_devstack.ports import free_port
 
     publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0", "default")

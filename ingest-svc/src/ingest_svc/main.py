@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import uvicorn
 
 from ingest_svc.config import IngestSettings
-from ingest_svc.enqueue import Publisher
 from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
 from ingest_svc.submit import JobService
@@ -18,6 +17,7 @@ from relayq_core.catalog import load_catalog
 from relayq_core.db.ledger import JobLedger, create_pool
 from relayq_core.grpc_server import run_until_signalled, start_server
 from relayq_core.logging import configure_logging, get_logger
+from relayq_core.publish import Publisher
 from relayq_core.telemetry import configure_tracing
 
 log = get_logger(__name__)

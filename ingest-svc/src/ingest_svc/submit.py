@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from ingest_svc.enqueue import Publisher
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, ExistingJob, JobLedger
 from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
 from relayq_core.jobs import JobRecord, JobSpec, JobState, SubmitResult
 from relayq_core.logging import get_logger, job_context
+from relayq_core.publish import Publisher
 
 log = get_logger(__name__)
 

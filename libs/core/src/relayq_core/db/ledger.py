@@ -139,6 +139,23 @@ class JobLedger:
         rows = await db.fetch(_Q["claim_republish"], list(job_ids), after_seconds)
         return {r["job_id"] for r in rows}
 
+    async def reopen_for_replay(self, db: Executor, job_ids: Sequence[str]) -> list[JobSpec]:
+        """Queues dead-lettered jobs again (see SQL); the specs to publish."""
+        if not job_ids:
+            return []
+        rows = await db.fetch(_Q["reopen_for_replay"], list(job_ids))
+        return [
+            JobSpec(
+                job_id=r["job_id"],
+                idempotency_key=r["idempotency_key"],
+                task=r["task"],
+                queue=r["queue"],
+                payload=r["payload"],
+                trace_id=r["trace_id"],
+            )
+            for r in rows
+        ]
+
     async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
         """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
         if job_ids:

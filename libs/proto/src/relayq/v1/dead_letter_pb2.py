@@ -22,15 +22,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from relayq.v1 import job_pb2 as relayq_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brelayq/v1/dead_letter.proto\x12\trelayq.v12\x13\n\x11\x44\x65\x61\x64LetterServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brelayq/v1/dead_letter.proto\x12\trelayq.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13relayq/v1/job.proto\"t\n\x0b\x41uditRecord\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\"\x8e\x04\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\r\n\x05queue\x18\x05 \x01(\t\x12(\n\x07payload\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nerror_type\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x11\n\ttraceback\x18\n \x01(\t\x12$\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32\x12.relayq.v1.Attempt\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12\x11\n\ttrace_url\x18\r \x01(\t\x12\x33\n\x0f\x66irst_failed_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x64\x65\x61\x64_lettered_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x10 \x01(\t\x12\x19\n\x11\x64\x65\x61\x64_letter_count\x18\x11 \x01(\x05\x12%\n\x05\x61udit\x18\x12 \x03(\x0b\x32\x16.relayq.v1.AuditRecord\x12.\n\nupdated_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x03\n\x17ReportDeadLetterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\r\n\x05queue\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\nerror_type\x18\x07 \x01(\t\x12\x15\n\rerror_message\x18\x08 \x01(\t\x12\x11\n\ttraceback\x18\t \x01(\t\x12$\n\x08\x61ttempts\x18\n \x03(\x0b\x32\x12.relayq.v1.Attempt\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x33\n\x0f\x66irst_failed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x64\x65\x61\x64_lettered_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfinal_attempt\x18\x0e \x01(\x05\x12\x0e\n\x06worker\x18\x0f \x01(\t\"Y\n\x18ReportDeadLetterResponse\x12*\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x15.relayq.v1.DeadLetter\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xae\x01\n\x10\x44\x65\x61\x64LetterFilter\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65rror_contains\x18\x06 \x01(\t\"l\n\x16ListDeadLettersRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.relayq.v1.DeadLetterFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"_\n\x17ListDeadLettersResponse\x12+\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x15.relayq.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14GetDeadLetterRequest\x12\n\n\x02id\x18\x01 \x01(\t\"C\n\x15GetDeadLetterResponse\x12*\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x15.relayq.v1.DeadLetter\"\x1b\n\x19GetDeadLetterStatsRequest\"#\n\x05\x43ount\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xe9\x01\n\x1aGetDeadLetterStatsResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x03\x12!\n\x07\x62y_task\x18\x02 \x03(\x0b\x32\x10.relayq.v1.Count\x12#\n\tby_reason\x18\x03 \x03(\x0b\x32\x10.relayq.v1.Count\x12#\n\tby_status\x18\x04 \x03(\x0b\x32\x10.relayq.v1.Count\x12\x34\n\x10oldest_active_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10oldest_active_id\x18\x06 \x01(\t\"\x8e\x01\n\x18ReplayDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12+\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1b.relayq.v1.DeadLetterFilter\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x17\n\x0frate_per_second\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\"d\n\x19ReplayDeadLettersResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x05\x12\r\n\x05total\x18\x05 \x01(\x05\"s\n\x16\x44ropDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12+\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1b.relayq.v1.DeadLetterFilter\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"F\n\x17\x44ropDeadLettersResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"C\n\x17PurgeDeadLettersRequest\x12\x17\n\x0folder_than_days\x18\x01 \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\":\n\x18PurgeDeadLettersResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x32\x9a\x05\n\x11\x44\x65\x61\x64LetterService\x12[\n\x10ReportDeadLetter\x12\".relayq.v1.ReportDeadLetterRequest\x1a#.relayq.v1.ReportDeadLetterResponse\x12X\n\x0fListDeadLetters\x12!.relayq.v1.ListDeadLettersRequest\x1a\".relayq.v1.ListDeadLettersResponse\x12R\n\rGetDeadLetter\x12\x1f.relayq.v1.GetDeadLetterRequest\x1a .relayq.v1.GetDeadLetterResponse\x12\x61\n\x12GetDeadLetterStats\x12$.relayq.v1.GetDeadLetterStatsRequest\x1a%.relayq.v1.GetDeadLetterStatsResponse\x12`\n\x11ReplayDeadLetters\x12#.relayq.v1.ReplayDeadLettersRequest\x1a$.relayq.v1.ReplayDeadLettersResponse0\x01\x12X\n\x0f\x44ropDeadLetters\x12!.relayq.v1.DropDeadLettersRequest\x1a\".relayq.v1.DropDeadLettersResponse\x12[\n\x10PurgeDeadLetters\x12\".relayq.v1.PurgeDeadLettersRequest\x1a#.relayq.v1.PurgeDeadLettersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'relayq.v1.dead_letter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEADLETTERSERVICE']._serialized_start=42
-  _globals['_DEADLETTERSERVICE']._serialized_end=61
+  _globals['_AUDITRECORD']._serialized_start=126
+  _globals['_AUDITRECORD']._serialized_end=242
+  _globals['_DEADLETTER']._serialized_start=245
+  _globals['_DEADLETTER']._serialized_end=771
+  _globals['_REPORTDEADLETTERREQUEST']._serialized_start=774
+  _globals['_REPORTDEADLETTERREQUEST']._serialized_end=1191
+  _globals['_REPORTDEADLETTERRESPONSE']._serialized_start=1193
+  _globals['_REPORTDEADLETTERRESPONSE']._serialized_end=1282
+  _globals['_DEADLETTERFILTER']._serialized_start=1285
+  _globals['_DEADLETTERFILTER']._serialized_end=1459
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1461
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1569
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1571
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1666
+  _globals['_GETDEADLETTERREQUEST']._serialized_start=1668
+  _globals['_GETDEADLETTERREQUEST']._serialized_end=1702
+  _globals['_GETDEADLETTERRESPONSE']._serialized_start=1704
+  _globals['_GETDEADLETTERRESPONSE']._serialized_end=1771
+  _globals['_GETDEADLETTERSTATSREQUEST']._serialized_start=1773
+  _globals['_GETDEADLETTERSTATSREQUEST']._serialized_end=1800
+  _globals['_COUNT']._serialized_start=1802
+  _globals['_COUNT']._serialized_end=1837
+  _globals['_GETDEADLETTERSTATSRESPONSE']._serialized_start=1840
+  _globals['_GETDEADLETTERSTATSRESPONSE']._serialized_end=2073
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_start=2076
+  _globals['_REPLAYDEADLETTERSREQUEST']._serialized_end=2218
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_start=2220
+  _globals['_REPLAYDEADLETTERSRESPONSE']._serialized_end=2320
+  _globals['_DROPDEADLETTERSREQUEST']._serialized_start=2322
+  _globals['_DROPDEADLETTERSREQUEST']._serialized_end=2437
+  _globals['_DROPDEADLETTERSRESPONSE']._serialized_start=2439
+  _globals['_DROPDEADLETTERSRESPONSE']._serialized_end=2509
+  _globals['_PURGEDEADLETTERSREQUEST']._serialized_start=2511
+  _globals['_PURGEDEADLETTERSREQUEST']._serialized_end=2578
+  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_start=2580
+  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_end=2638
+  _globals['_DEADLETTERSERVICE']._serialized_start=2641
+  _globals['_DEADLETTERSERVICE']._serialized_end=3307
 # @@protoc_insertion_point(module_scope)

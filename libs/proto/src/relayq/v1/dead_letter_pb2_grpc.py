@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from relayq.v1 import dead_letter_pb2 as relayq_dot_v1_dot_dead__letter__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,9 +26,13 @@ if _version_not_supported:
 
 
 class DeadLetterServiceStub:
-    """Owns the dead-letter store: jobs that ran out of retries or failed permanently.
-    Its RPCs (report, list, show, replay, drop, stats) arrive with the DLQ issue; until then the
-    server answers health checks and reflection so the stack and its tooling can rely on it.
+    """Owns the dead-letter store: jobs that ran out of retries, failed permanently, or kept killing
+    their worker. Nothing is ever deleted by replay or drop; only PurgeDeadLetters removes dropped
+    entries, past a retention the operator gives.
+
+    Mutating RPCs (Replay, Drop, Purge) need `authorization: Bearer <token>` metadata when the
+    server has an admin token. `x-relayq-actor` metadata (e.g. "alice@laptop") names who acted,
+    for the audit trail.
     """
 
     def __init__(self, channel):
@@ -36,17 +41,143 @@ class DeadLetterServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ReportDeadLetter = channel.unary_unary(
+                '/relayq.v1.DeadLetterService/ReportDeadLetter',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.ReportDeadLetterRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.ReportDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/relayq.v1.DeadLetterService/ListDeadLetters',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.GetDeadLetter = channel.unary_unary(
+                '/relayq.v1.DeadLetterService/GetDeadLetter',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.GetDeadLetterStats = channel.unary_unary(
+                '/relayq.v1.DeadLetterService/GetDeadLetterStats',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterStatsRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterStatsResponse.FromString,
+                _registered_method=True)
+        self.ReplayDeadLetters = channel.unary_stream(
+                '/relayq.v1.DeadLetterService/ReplayDeadLetters',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.ReplayDeadLettersRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.ReplayDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.DropDeadLetters = channel.unary_unary(
+                '/relayq.v1.DeadLetterService/DropDeadLetters',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.DropDeadLettersRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.DropDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.PurgeDeadLetters = channel.unary_unary(
+                '/relayq.v1.DeadLetterService/PurgeDeadLetters',
+                request_serializer=relayq_dot_v1_dot_dead__letter__pb2.PurgeDeadLettersRequest.SerializeToString,
+                response_deserializer=relayq_dot_v1_dot_dead__letter__pb2.PurgeDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class DeadLetterServiceServicer:
-    """Owns the dead-letter store: jobs that ran out of retries or failed permanently.
-    Its RPCs (report, list, show, replay, drop, stats) arrive with the DLQ issue; until then the
-    server answers health checks and reflection so the stack and its tooling can rely on it.
+    """Owns the dead-letter store: jobs that ran out of retries, failed permanently, or kept killing
+    their worker. Nothing is ever deleted by replay or drop; only PurgeDeadLetters removes dropped
+    entries, past a retention the operator gives.
+
+    Mutating RPCs (Replay, Drop, Purge) need `authorization: Bearer <token>` metadata when the
+    server has an admin token. `x-relayq-actor` metadata (e.g. "alice@laptop") names who acted,
+    for the audit trail.
     """
+
+    def ReportDeadLetter(self, request, context):
+        """Stores a dead-lettering reported by a worker. Idempotent: the same (job_id, final_attempt)
+        reported again returns the stored entry with duplicate=true. A job dead-lettered again after
+        a replay becomes active again on the same entry, with its history kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Newest first, filtered, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeadLetter(self, request, context):
+        """One entry with its attempts, traceback and audit trail. Unknown id: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeadLetterStats(self, request, context):
+        """Counts by task, reason and status; the oldest active entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetters(self, request, context):
+        """Re-enqueues entries with their original job_id and idempotency_key, at most
+        rate_per_second; streams one message per entry (progress). dry_run changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropDeadLetters(self, request, context):
+        """Takes entries out of the active DLQ (status "dropped"), with a required reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeDeadLetters(self, request, context):
+        """Deletes dropped entries whose drop is older than older_than_days. The only deletion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_DeadLetterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ReportDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportDeadLetter,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.ReportDeadLetterRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.ReportDeadLetterResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'GetDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeadLetter,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterResponse.SerializeToString,
+            ),
+            'GetDeadLetterStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeadLetterStats,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterStatsRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterStatsResponse.SerializeToString,
+            ),
+            'ReplayDeadLetters': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplayDeadLetters,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.ReplayDeadLettersRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.ReplayDeadLettersResponse.SerializeToString,
+            ),
+            'DropDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropDeadLetters,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.DropDeadLettersRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.DropDeadLettersResponse.SerializeToString,
+            ),
+            'PurgeDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeDeadLetters,
+                    request_deserializer=relayq_dot_v1_dot_dead__letter__pb2.PurgeDeadLettersRequest.FromString,
+                    response_serializer=relayq_dot_v1_dot_dead__letter__pb2.PurgeDeadLettersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'relayq.v1.DeadLetterService', rpc_method_handlers)
@@ -56,7 +187,200 @@ def add_DeadLetterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeadLetterService:
-    """Owns the dead-letter store: jobs that ran out of retries or failed permanently.
-    Its RPCs (report, list, show, replay, drop, stats) arrive with the DLQ issue; until then the
-    server answers health checks and reflection so the stack and its tooling can rely on it.
+    """Owns the dead-letter store: jobs that ran out of retries, failed permanently, or kept killing
+    their worker. Nothing is ever deleted by replay or drop; only PurgeDeadLetters removes dropped
+    entries, past a retention the operator gives.
+
+    Mutating RPCs (Replay, Drop, Purge) need `authorization: Bearer <token>` metadata when the
+    server has an admin token. `x-relayq-actor` metadata (e.g. "alice@laptop") names who acted,
+    for the audit trail.
     """
+
+    @staticmethod
+    def ReportDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/ReportDeadLetter',
+            relayq_dot_v1_dot_dead__letter__pb2.ReportDeadLetterRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.ReportDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/ListDeadLetters',
+            relayq_dot_v1_dot_dead__letter__pb2.ListDeadLettersRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/GetDeadLetter',
+            relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeadLetterStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/GetDeadLetterStats',
+            relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterStatsRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.GetDeadLetterStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/ReplayDeadLetters',
+            relayq_dot_v1_dot_dead__letter__pb2.ReplayDeadLettersRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.ReplayDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/DropDeadLetters',
+            relayq_dot_v1_dot_dead__letter__pb2.DropDeadLettersRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.DropDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relayq.v1.DeadLetterService/PurgeDeadLetters',
+            relayq_dot_v1_dot_dead__letter__pb2.PurgeDeadLettersRequest.SerializeToString,
+            relayq_dot_v1_dot_dead__letter__pb2.PurgeDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

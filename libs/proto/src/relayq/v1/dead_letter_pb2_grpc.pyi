@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from relayq.v1 import dead_letter_pb2 as _dead_letter_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -26,31 +27,140 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DeadLetterServiceStub:
-    """Owns the dead-letter store: jobs that ran out of retries or failed permanently.
-    Its RPCs (report, list, show, replay, drop, stats) arrive with the DLQ issue; until then the
-    server answers health checks and reflection so the stack and its tooling can rely on it.
+    """Owns the dead-letter store: jobs that ran out of retries, failed permanently, or kept killing
+    their worker. Nothing is ever deleted by replay or drop; only PurgeDeadLetters removes dropped
+    entries, past a retention the operator gives.
+
+    Mutating RPCs (Replay, Drop, Purge) need `authorization: Bearer <token>` metadata when the
+    server has an admin token. `x-relayq-actor` metadata (e.g. "alice@laptop") names who acted,
+    for the audit trail.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DeadLetterServiceAsyncStub: ...
+    ReportDeadLetter: _grpc.UnaryUnaryMultiCallable[_dead_letter_pb2.ReportDeadLetterRequest, _dead_letter_pb2.ReportDeadLetterResponse]
+    """Stores a dead-lettering reported by a worker. Idempotent: the same (job_id, final_attempt)
+    reported again returns the stored entry with duplicate=true. A job dead-lettered again after
+    a replay becomes active again on the same entry, with its history kept.
+    """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_dead_letter_pb2.ListDeadLettersRequest, _dead_letter_pb2.ListDeadLettersResponse]
+    """Newest first, filtered, paginated."""
+    GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_dead_letter_pb2.GetDeadLetterRequest, _dead_letter_pb2.GetDeadLetterResponse]
+    """One entry with its attempts, traceback and audit trail. Unknown id: NOT_FOUND."""
+    GetDeadLetterStats: _grpc.UnaryUnaryMultiCallable[_dead_letter_pb2.GetDeadLetterStatsRequest, _dead_letter_pb2.GetDeadLetterStatsResponse]
+    """Counts by task, reason and status; the oldest active entry."""
+    ReplayDeadLetters: _grpc.UnaryStreamMultiCallable[_dead_letter_pb2.ReplayDeadLettersRequest, _dead_letter_pb2.ReplayDeadLettersResponse]
+    """Re-enqueues entries with their original job_id and idempotency_key, at most
+    rate_per_second; streams one message per entry (progress). dry_run changes nothing.
+    """
+    DropDeadLetters: _grpc.UnaryUnaryMultiCallable[_dead_letter_pb2.DropDeadLettersRequest, _dead_letter_pb2.DropDeadLettersResponse]
+    """Takes entries out of the active DLQ (status "dropped"), with a required reason."""
+    PurgeDeadLetters: _grpc.UnaryUnaryMultiCallable[_dead_letter_pb2.PurgeDeadLettersRequest, _dead_letter_pb2.PurgeDeadLettersResponse]
+    """Deletes dropped entries whose drop is older than older_than_days. The only deletion."""
 
 @_typing.type_check_only
 class DeadLetterServiceAsyncStub(DeadLetterServiceStub):
-    """Owns the dead-letter store: jobs that ran out of retries or failed permanently.
-    Its RPCs (report, list, show, replay, drop, stats) arrive with the DLQ issue; until then the
-    server answers health checks and reflection so the stack and its tooling can rely on it.
+    """Owns the dead-letter store: jobs that ran out of retries, failed permanently, or kept killing
+    their worker. Nothing is ever deleted by replay or drop; only PurgeDeadLetters removes dropped
+    entries, past a retention the operator gives.
+
+    Mutating RPCs (Replay, Drop, Purge) need `authorization: Bearer <token>` metadata when the
+    server has an admin token. `x-relayq-actor` metadata (e.g. "alice@laptop") names who acted,
+    for the audit trail.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    ReportDeadLetter: _aio.UnaryUnaryMultiCallable[_dead_letter_pb2.ReportDeadLetterRequest, _dead_letter_pb2.ReportDeadLetterResponse]  # type: ignore[assignment]
+    """Stores a dead-lettering reported by a worker. Idempotent: the same (job_id, final_attempt)
+    reported again returns the stored entry with duplicate=true. A job dead-lettered again after
+    a replay becomes active again on the same entry, with its history kept.
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_dead_letter_pb2.ListDeadLettersRequest, _dead_letter_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Newest first, filtered, paginated."""
+    GetDeadLetter: _aio.UnaryUnaryMultiCallable[_dead_letter_pb2.GetDeadLetterRequest, _dead_letter_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
+    """One entry with its attempts, traceback and audit trail. Unknown id: NOT_FOUND."""
+    GetDeadLetterStats: _aio.UnaryUnaryMultiCallable[_dead_letter_pb2.GetDeadLetterStatsRequest, _dead_letter_pb2.GetDeadLetterStatsResponse]  # type: ignore[assignment]
+    """Counts by task, reason and status; the oldest active entry."""
+    ReplayDeadLetters: _aio.UnaryStreamMultiCallable[_dead_letter_pb2.ReplayDeadLettersRequest, _dead_letter_pb2.ReplayDeadLettersResponse]  # type: ignore[assignment]
+    """Re-enqueues entries with their original job_id and idempotency_key, at most
+    rate_per_second; streams one message per entry (progress). dry_run changes nothing.
+    """
+    DropDeadLetters: _aio.UnaryUnaryMultiCallable[_dead_letter_pb2.DropDeadLettersRequest, _dead_letter_pb2.DropDeadLettersResponse]  # type: ignore[assignment]
+    """Takes entries out of the active DLQ (status "dropped"), with a required reason."""
+    PurgeDeadLetters: _aio.UnaryUnaryMultiCallable[_dead_letter_pb2.PurgeDeadLettersRequest, _dead_letter_pb2.PurgeDeadLettersResponse]  # type: ignore[assignment]
+    """Deletes dropped entries whose drop is older than older_than_days. The only deletion."""
 
 class DeadLetterServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Owns the dead-letter store: jobs that ran out of retries or failed permanently.
-    Its RPCs (report, list, show, replay, drop, stats) arrive with the DLQ issue; until then the
-    server answers health checks and reflection so the stack and its tooling can rely on it.
+    """Owns the dead-letter store: jobs that ran out of retries, failed permanently, or kept killing
+    their worker. Nothing is ever deleted by replay or drop; only PurgeDeadLetters removes dropped
+    entries, past a retention the operator gives.
+
+    Mutating RPCs (Replay, Drop, Purge) need `authorization: Bearer <token>` metadata when the
+    server has an admin token. `x-relayq-actor` metadata (e.g. "alice@laptop") names who acted,
+    for the audit trail.
     """
 
-    ...
+    @_abc_1.abstractmethod
+    def ReportDeadLetter(
+        self,
+        request: _dead_letter_pb2.ReportDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dead_letter_pb2.ReportDeadLetterResponse, _abc.Awaitable[_dead_letter_pb2.ReportDeadLetterResponse]]:
+        """Stores a dead-lettering reported by a worker. Idempotent: the same (job_id, final_attempt)
+        reported again returns the stored entry with duplicate=true. A job dead-lettered again after
+        a replay becomes active again on the same entry, with its history kept.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _dead_letter_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dead_letter_pb2.ListDeadLettersResponse, _abc.Awaitable[_dead_letter_pb2.ListDeadLettersResponse]]:
+        """Newest first, filtered, paginated."""
+
+    @_abc_1.abstractmethod
+    def GetDeadLetter(
+        self,
+        request: _dead_letter_pb2.GetDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dead_letter_pb2.GetDeadLetterResponse, _abc.Awaitable[_dead_letter_pb2.GetDeadLetterResponse]]:
+        """One entry with its attempts, traceback and audit trail. Unknown id: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def GetDeadLetterStats(
+        self,
+        request: _dead_letter_pb2.GetDeadLetterStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dead_letter_pb2.GetDeadLetterStatsResponse, _abc.Awaitable[_dead_letter_pb2.GetDeadLetterStatsResponse]]:
+        """Counts by task, reason and status; the oldest active entry."""
+
+    @_abc_1.abstractmethod
+    def ReplayDeadLetters(
+        self,
+        request: _dead_letter_pb2.ReplayDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dead_letter_pb2.ReplayDeadLettersResponse], _abc.AsyncIterator[_dead_letter_pb2.ReplayDeadLettersResponse]]:
+        """Re-enqueues entries with their original job_id and idempotency_key, at most
+        rate_per_second; streams one message per entry (progress). dry_run changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DropDeadLetters(
+        self,
+        request: _dead_letter_pb2.DropDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dead_letter_pb2.DropDeadLettersResponse, _abc.Awaitable[_dead_letter_pb2.DropDeadLettersResponse]]:
+        """Takes entries out of the active DLQ (status "dropped"), with a required reason."""
+
+    @_abc_1.abstractmethod
+    def PurgeDeadLetters(
+        self,
+        request: _dead_letter_pb2.PurgeDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dead_letter_pb2.PurgeDeadLettersResponse, _abc.Awaitable[_dead_letter_pb2.PurgeDeadLettersResponse]]:
+        """Deletes dropped entries whose drop is older than older_than_days. The only deletion."""
 
 def add_DeadLetterServiceServicer_to_server(servicer: DeadLetterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -94,3 +94,12 @@ SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
     duration_seconds = EXCLUDED.duration_seconds, outcome = EXCLUDED.outcome,
     error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message,
     countdown_seconds = EXCLUDED.countdown_seconds;
+
+-- name: reopen_for_replay
+-- A replay from the DLQ: the dead-lettered job is queued again under its original job_id and
+-- idempotency key. A job that meanwhile succeeded is left alone (and not returned).
+UPDATE relayq_jobs
+SET state = 'queued', enqueued_at = NULL, next_attempt_at = NULL, finished_at = NULL,
+    updated_at = now()
+WHERE job_id = ANY($1::text[]) AND state IN ('dead_lettered', 'queued')
+RETURNING job_id, idempotency_key, task, queue, payload, trace_id;

@@ -1,7 +1,7 @@
 """Hands jobs to Celery by task name, without importing any worker code.
 
-Publishing is blocking I/O (kombu), so it runs on one dedicated thread, off the event loop, and a
-batch shares one producer connection.
+Used by ingest (submits) and dlq-svc (replays). Publishing is blocking I/O (kombu), so it runs on
+one dedicated thread, off the event loop, and a batch shares one producer connection.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Publisher:
     """Sends job messages to the broker."""
 
     def __init__(self, redis_url: str, default_queue: str) -> None:
-        self._app = Celery("relayq-ingest", set_as_current=False)
+        self._app = Celery("relayq-publisher", set_as_current=False)
         self._app.conf.update(celery_config(redis_url, default_queue))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
 
