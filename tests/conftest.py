@@ -161,6 +161,7 @@ def worker(
             redis_url,
             RELAYQ_WORKER_CONCURRENCY="2",
             RELAYQ_WORKER_NODE_NAME="test-worker@%h",
+            RELAYQ_RETRY_POLICY=str(REPO / "tests" / "data" / "retry-fast.toml"),
         ),
         inherit_env=False,
     )

@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger, connect
 from relayq_core.jobs import JobSpec, JobState
+from relayq_core.retry import RetryPolicy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.handlers import demo
-from worker_svc.runner import Delivery, Outcome, RunResult, record_failure, run_delivery
+from worker_svc.runner import Decision, Delivery, Done, handle
 from worker_svc.runtime import Runtime
 
 pytestmark = pytest.mark.integration
@@ -46,15 +47,19 @@ def failing_after_effect(kind: str) -> Any:
     return handler
 
 
-async def deliver(runtime: Runtime, delivery: Delivery, handler: Any = demo.charge) -> RunResult:
+# Retries never run out in these histories: the property is about repeats, not the DLQ.
+POLICY = RetryPolicy(max_retries=100, max_worker_losses=100)
+
+
+async def deliver(
+    runtime: Runtime, delivery: Delivery, handler: Any = demo.charge
+) -> Decision | None:
+    """One delivery as a worker makes it; None when the "worker" died mid-way."""
     try:
-        run = await run_delivery(runtime, ledger, delivery, handler)
+        return await handle(runtime, ledger, delivery, handler, POLICY, failures_before=0)
     except UNAVAILABLE_ERRORS:
         await runtime.discard_connection()  # the "worker" died; its message will come back
-        return RunResult(Outcome.FAILED)
-    if run.outcome is Outcome.FAILED and run.started_at is not None:
-        await record_failure(runtime, ledger, delivery, run, next_state=JobState.RETRYING)
-    return run
+        return None
 
 
 async def play(dsn: str, steps: list[str], amount: int) -> None:
@@ -86,8 +91,8 @@ async def play(dsn: str, steps: list[str], amount: int) -> None:
                 await asyncio.gather(deliver(runtimes[0], racing), deliver(runtimes[1], delivery))
         # At-least-once: the message keeps coming back until a delivery is acknowledged.
         for _ in range(5):
-            run = await deliver(runtimes[0], delivery)
-            if run.outcome in (Outcome.SUCCEEDED, Outcome.DUPLICATE):
+            decision = await deliver(runtimes[0], delivery)
+            if isinstance(decision, Done):
                 break
         charges = await setup.fetchval(
             "SELECT count(*) FROM demo_charges WHERE idempotency_key = $1", key
@@ -137,7 +142,7 @@ def test_a_killed_transaction_leaves_no_effect(database_url: str) -> None:
             assert await conn.fetchval(count, key) == 0
             job = await ledger.get_job(conn, spec.job_id)
             assert job is not None and job.state is JobState.RUNNING and job.attempt_count == 1
-            assert (await deliver(runtime, delivery)).outcome is Outcome.SUCCEEDED
+            assert isinstance(await deliver(runtime, delivery), Done)
             assert await conn.fetchval(count, key) == 1
         finally:
             await runtime.discard_connection()

@@ -72,6 +72,7 @@ def job_to_proto(job: JobRecord) -> job_pb2.Job:
         finished_at=_ts(job.finished_at),
         next_attempt_at=_ts(job.next_attempt_at),
         duplicate_deliveries=job.duplicate_deliveries,
+        worker_losses=job.worker_losses,
         attempts=[
             job_pb2.Attempt(
                 number=a.number,

@@ -65,6 +65,7 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
         "state": job.state.value,
         "attempt_count": job.attempt_count,
         "duplicate_deliveries": job.duplicate_deliveries,
+        "worker_losses": job.worker_losses,
         "attempts": [
             {
                 "number": a.number,

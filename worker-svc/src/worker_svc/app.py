@@ -9,14 +9,16 @@ from typing import Any
 
 from celery import Celery, signals
 
-from relayq_core.broker import celery_config
+from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config
 from relayq_core.catalog import load_catalog
 from relayq_core.logging import configure_logging
+from relayq_core.retry import load_policies
 from relayq_core.telemetry import configure_tracing
 from worker_svc.config import WorkerSettings
 
 settings = WorkerSettings()
 catalog = load_catalog(settings.catalog_path)
+policies = load_policies(settings.retry_policy_path)
 
 app = Celery("relayq-worker")
 app.conf.update(celery_config(settings.redis_url, catalog.default_queue))
@@ -42,3 +44,24 @@ def _init_child(**_: Any) -> None:
 def missing_handlers() -> list[str]:
     """Catalogue tasks this worker has no task for (it must not start with any)."""
     return sorted(name for name in catalog.tasks if name not in app.tasks)
+
+
+def configuration_problems() -> list[str]:
+    """Everything that must stop the worker at start-up, each naming where it is."""
+    problems = []
+    missing = missing_handlers()
+    if missing:
+        problems.append(f"{settings.catalog_path}: no task in this worker for {missing}")
+    unknown = sorted(set(policies.tasks) - set(catalog.tasks))
+    if unknown:
+        problems.append(
+            f"{settings.retry_policy_path}: tasks: {unknown} are not in {settings.catalog_path}"
+        )
+    longest = policies.longest_countdown()
+    if longest >= VISIBILITY_TIMEOUT_SECONDS / 2:
+        problems.append(
+            f"{settings.retry_policy_path}: a retry may wait {longest:.0f} s, too close to the "
+            f"broker's visibility timeout ({VISIBILITY_TIMEOUT_SECONDS} s): waiting messages "
+            "would be redelivered"
+        )
+    return problems

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from relayq_core.settings import CommonSettings
+from relayq_core.settings import CommonSettings, repo_root
 
 
 class WorkerSettings(CommonSettings):
@@ -17,6 +19,18 @@ class WorkerSettings(CommonSettings):
     node_name: str = Field("", description="Celery node name (e.g. worker1@%h); empty: default")
     queues: str = Field("", description="Comma-separated queues; empty: every catalogue queue")
     prefetch_multiplier: int = Field(1, gt=0)
+    retry_policy_path: Path = Field(
+        default_factory=lambda: repo_root() / "config" / "retry.toml",
+        validation_alias="RELAYQ_RETRY_POLICY",
+        description="The retry policy file (TOML)",
+    )
+    dlq_grpc: str = Field(
+        "127.0.0.1:50052", validation_alias="RELAYQ_DLQ_GRPC", description="dlq-svc address"
+    )
+    dlq_timeout_seconds: float = Field(5.0, gt=0, description="Deadline of one DLQ report")
+    dlq_retry_max_seconds: float = Field(
+        60.0, gt=0, description="Longest wait between DLQ report retries while dlq-svc is down"
+    )
     lock_wait_seconds: float = Field(
         10.0, gt=0, description="How long a duplicate delivery waits for the running one"
     )

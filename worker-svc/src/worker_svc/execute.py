@@ -1,28 +1,36 @@
-"""The bridge every Celery task goes through: from a message to :func:`run_delivery`.
+"""The bridge every Celery task goes through: from a message to a settled delivery.
 
-Tasks stay one line long; this module binds the job's identity to the logs, runs the async
-protocol on the process's loop, and turns database outages into a Celery retry (the job's own
-attempts are not spent on them).
+Tasks stay one line long. This module binds the job's identity to the logs, runs the locked part
+of the delivery (:func:`worker_svc.runner.handle`) on the process's loop, and turns its decision
+into Celery's terms: ``self.retry(countdown=…)`` for a retry (workers never sleep), the DLQ
+hand-off for a dead letter, and a retry without spending an attempt when the database or dlq-svc
+is unreachable or another delivery holds the job.
+
+The message's kwargs carry ``failures`` (failed attempts so far in this run of the job) so a
+replay, which publishes a fresh message, gets the whole retry policy again.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
+import grpc
 from celery import Task
 
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
-from relayq_core.jobs import JobState
+from relayq_core.jobs import JobRecord
 from relayq_core.logging import get_logger, job_context
-from worker_svc.app import settings
+from worker_svc.app import policies, settings
+from worker_svc.dlq_client import DlqClient, build_report
 from worker_svc.runner import (
+    DeadLetter,
     Deferred,
     Delivery,
+    Done,
     Handler,
-    Outcome,
-    record_failure,
-    run_delivery,
+    Retry,
+    handle,
 )
 from worker_svc.runtime import Runtime
 
@@ -30,9 +38,15 @@ log = get_logger(__name__)
 
 runtime = Runtime(settings.database_url, settings.lock_wait_seconds)
 ledger = JobLedger()
+dlq = DlqClient(settings.dlq_grpc, settings.dlq_timeout_seconds)
 
 #: Delay before re-trying a delivery that could not reach Postgres.
 INFRA_RETRY_SECONDS = 2.0
+
+
+def _again(task: Task, countdown: float, message: dict[str, Any], exc: BaseException) -> NoReturn:
+    """Re-publishes this message after ``countdown`` (not a failed attempt of the job)."""
+    raise task.retry(countdown=countdown, kwargs=message, max_retries=None, exc=exc)
 
 
 def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
@@ -50,20 +64,78 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             payload=message["payload"],
             worker=f"{task.request.hostname or 'worker'}:{os.getpid()}",
         )
+        policy = policies.for_task(task.name)
+        failures = int(message.get("failures", 0))
         try:
-            run = runtime.run(run_delivery(runtime, ledger, delivery, handler))
-            if run.outcome is Outcome.FAILED:
-                runtime.run(
-                    record_failure(
-                        runtime, ledger, delivery, run, next_state=JobState.DEAD_LETTERED
-                    )
-                )
-                log.warning("job_failed", attempt=run.attempt, error_type=type(run.error).__name__)
+            decision = runtime.run(handle(runtime, ledger, delivery, handler, policy, failures))
         except Deferred as exc:
             log.info("job_deferred", reason=str(exc), countdown=settings.defer_seconds)
-            raise task.retry(countdown=settings.defer_seconds, max_retries=None, exc=exc) from exc
+            _again(task, settings.defer_seconds, message, exc)
         except UNAVAILABLE_ERRORS as exc:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)
-            raise task.retry(countdown=INFRA_RETRY_SECONDS, max_retries=None, exc=exc) from exc
-        return run.result
+            _again(task, INFRA_RETRY_SECONDS, message, exc)
+        if isinstance(decision, Retry):
+            log.info(
+                "job_retry_scheduled",
+                failures=decision.failures,
+                countdown=round(decision.countdown, 3),
+            )
+            raise task.retry(
+                countdown=decision.countdown,
+                kwargs={**message, "failures": decision.failures},
+                max_retries=None,
+            )
+        if isinstance(decision, DeadLetter):
+            hand_off(task, message, job_id)
+            return None
+        assert isinstance(decision, Done)
+        return decision.result
+
+
+async def _staged(job_id: str) -> tuple[JobRecord, dict[str, Any]] | None:
+    """The job and its staged dead letter, or None when nothing is staged any more."""
+    conn = await runtime.connection()
+    job = await ledger.get_job(conn, job_id)
+    peek = await ledger.peek_state(conn, job_id)
+    if job is None or peek is None or peek.pending_dead_letter is None:
+        return None
+    return job, peek.pending_dead_letter
+
+
+async def _mark_dead_lettered(job_id: str) -> None:
+    await ledger.mark_dead_lettered(await runtime.connection(), job_id)
+
+
+def hand_off(task: Task, message: dict[str, Any], job_id: str) -> None:
+    """Stores the staged dead letter in dlq-svc, then marks the job dead-lettered.
+
+    The message is acknowledged only after dlq-svc has the row: while it is unreachable the
+    message comes back with a growing delay, and the staged report waits in the ledger.
+    """
+    tries = int(message.get("dlq_report_tries", 0))
+    try:
+        staged = runtime.run(_staged(job_id))
+        if staged is None:
+            return  # another delivery finished the hand-off
+        job, report = staged
+        duplicate = dlq.report(build_report(job, report))
+        runtime.run(_mark_dead_lettered(job_id))
+    except grpc.RpcError as exc:
+        countdown = min(2.0 ** (tries + 1), settings.dlq_retry_max_seconds)
+        log.warning(
+            "dead_letter_report_failed",
+            code=exc.code().name,
+            tries=tries + 1,
+            countdown=countdown,
+        )
+        _again(task, countdown, {**message, "dlq_report_tries": tries + 1}, exc)
+    except UNAVAILABLE_ERRORS as exc:
+        runtime.run(runtime.discard_connection())
+        _again(task, INFRA_RETRY_SECONDS, message, exc)
+    log.warning(
+        "job_dead_lettered",
+        reason=report["reason"],
+        attempts=job.attempt_count,
+        already_stored=duplicate,
+    )

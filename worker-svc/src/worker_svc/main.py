@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from relayq_core.catalog import CatalogError
 from relayq_core.logging import configure_logging, get_logger
+from relayq_core.retry import PolicyError
 
 
 def main() -> None:
-    """Starts ``celery worker`` for the catalogue's queues; refuses to start with tasks missing."""
-    from worker_svc.app import app, catalog, missing_handlers, settings
+    """Starts ``celery worker`` for the catalogue's queues; refuses to start misconfigured."""
+    try:
+        from worker_svc.app import app, catalog, configuration_problems, settings
+    except (CatalogError, PolicyError) as exc:
+        sys.exit(f"relayq-worker: {exc}")
 
     configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
     log = get_logger(__name__)
-    missing = missing_handlers()
-    catalog_path = settings.catalog_path
-    if missing:
-        log.error("worker_misconfigured", missing_tasks=missing, catalog=str(catalog_path))
-        sys.exit(
-            f"relayq-worker: no task for catalogue entries {missing} ({settings.catalog_path})"
-        )
+    problems = configuration_problems()
+    if problems:
+        for problem in problems:
+            log.error("worker_misconfigured", problem=problem)
+        sys.exit("relayq-worker: " + "; ".join(problems))
     from worker_svc.schema import migrate
 
     asyncio.run(migrate(settings.database_url))

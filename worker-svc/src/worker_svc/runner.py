@@ -1,14 +1,18 @@
-"""Running one delivery of a job: claim it in the ledger, run the handler, record the outcome.
+"""One delivery of a job: hold it, claim it, run the handler, record what happened.
 
-The protocol (docs/idempotency.md):
+The protocol (docs/idempotency.md, docs/retries.md):
 
-1. ``claim`` (autocommit) marks the job running and counts the attempt. It refuses a job that
-   already succeeded or was dead-lettered: this delivery is a duplicate and does nothing.
-2. One transaction locks the job's row, runs the handler with that transaction's connection, and
-   records success. A second delivery of the same job blocks on the row lock until the first
-   commits (then finds it succeeded) or dies (then runs it itself). An effect the handler writes
-   through ``ctx.conn`` commits with the success, or not at all.
-3. A handler error rolls the transaction back (no effect) and is recorded on its own.
+1. ``lock_job``: a PostgreSQL session lock on the job for the whole delivery. A second delivery
+   of the same job waits here (at most ``lock_timeout``, then it is deferred); the lock vanishes
+   with the connection when a worker dies, so the wait ends exactly when the first delivery can
+   no longer finish.
+2. ``claim`` marks the job running and counts the attempt. A finished job makes this delivery a
+   duplicate; a job found ``running`` was abandoned by a dead worker (a worker loss), and after
+   ``max_worker_losses`` of those it is dead-lettered as a poison job instead of run again.
+3. One transaction runs the handler with that transaction's connection and records success: an
+   effect written through ``ctx.conn`` commits with the success, or not at all.
+4. A failure rolls that transaction back; :func:`settle` then records a retry or stages a dead
+   letter, still under the lock.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
+from relayq_core.errors import JobError
 from relayq_core.jobs import AttemptRecord, JobState
 from relayq_core.logging import get_logger
+from relayq_core.retry import RetryPolicy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runtime import Runtime
 
@@ -34,24 +40,53 @@ log = get_logger(__name__)
 Handler = Callable[[JobContext, JsonObject], Awaitable[Any]]
 
 
+class Reason(StrEnum):
+    """Why a job is dead-lettered (the strings dlq-svc stores)."""
+
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    PERMANENT_ERROR = "permanent_error"
+    WORKER_LOST = "worker_lost"
+
+
 class Outcome(StrEnum):
-    """What one delivery did."""
+    """What one delivery found or did."""
 
     SUCCEEDED = "succeeded"
     DUPLICATE = "duplicate"
     FAILED = "failed"
+    POISON = "poison"
+    REPORT_PENDING = "report_pending"
     UNKNOWN_JOB = "unknown_job"
+
+
+class Deferred(Exception):
+    """Another delivery of this job holds it longer than we wait; try this one again later."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt, as the ledger and the DLQ record it."""
+
+    error_type: str
+    message: str
+    traceback: str
+    retryable: bool
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        """From a handler's exception: retryable unless it says otherwise."""
+        retryable = exc.retryable if isinstance(exc, JobError) else True
+        return cls(type(exc).__name__, str(exc)[:2000], traceback.format_exc()[-20000:], retryable)
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """The delivery's outcome, with the result (succeeded, duplicate) or the error (failed)."""
+    """The delivery's outcome."""
 
     outcome: Outcome
     attempt: int = 0
     result: Any = None
-    error: BaseException | None = None
-    traceback: str = ""
+    failure: Failure | None = None
     started_at: datetime | None = None
     duration_seconds: float = 0.0
 
@@ -67,119 +102,242 @@ class Delivery:
     worker: str
 
 
-class Deferred(Exception):
-    """Another delivery of this job holds it longer than we wait; try this one again later."""
-
-
 async def run_delivery(
-    runtime: Runtime, ledger: JobLedger, delivery: Delivery, handler: Handler
+    runtime: Runtime,
+    ledger: JobLedger,
+    delivery: Delivery,
+    handler: Handler,
+    *,
+    max_worker_losses: int = 2,
 ) -> RunResult:
-    """Claims, runs and records one delivery.
+    """Claims and runs one delivery; the caller holds :meth:`JobLedger.lock_job`.
 
-    Raises :class:`Deferred` when another delivery of the same job is still running after the
-    lock wait, and lets database outages propagate: the caller retries both later.
+    Database outages propagate (the caller retries the delivery later).
     """
     conn = await runtime.connection()
-    try:
-        attempt = await ledger.claim(conn, delivery.job_id)
-    except asyncpg.LockNotAvailableError as exc:
-        raise Deferred("another delivery of this job is running") from exc
-    if attempt is None:
-        found = await ledger.record_duplicate(conn, delivery.job_id)
-        if found is None:
+    claim = await ledger.claim(conn, delivery.job_id)
+    if claim is None:
+        peek = await ledger.peek_state(conn, delivery.job_id)
+        if peek is None:
             log.error("job_unknown", reason="no ledger row for this message; dropped")
             return RunResult(Outcome.UNKNOWN_JOB)
-        log.info("job_duplicate_delivery", state=found[0].value)
-        return RunResult(Outcome.DUPLICATE, result=found[1])
+        if peek.pending_dead_letter is not None:
+            return RunResult(Outcome.REPORT_PENDING)
+        found = await ledger.record_duplicate(conn, delivery.job_id)
+        log.info("job_duplicate_delivery", state=peek.state.value)
+        return RunResult(Outcome.DUPLICATE, result=found[1] if found else peek.result)
 
     started_at = datetime.now(UTC)
+    if claim.abandoned:
+        # The previous attempt's worker died mid-run: record that attempt as lost.
+        await ledger.record_attempt(
+            conn,
+            delivery.job_id,
+            AttemptRecord(
+                claim.attempt - 1,
+                "unknown",
+                started_at,
+                0.0,
+                "worker_lost",
+                "WorkerLost",
+                "the worker running this attempt died",
+            ),
+        )
+        log.warning("job_worker_lost", losses=claim.worker_losses, limit=max_worker_losses)
+        if claim.worker_losses >= max_worker_losses:
+            return RunResult(
+                Outcome.POISON,
+                attempt=claim.attempt,
+                failure=Failure(
+                    "WorkerLost",
+                    f"the job's worker died {claim.worker_losses} times while running it",
+                    "",
+                    retryable=False,
+                ),
+                started_at=started_at,
+            )
+
     t0 = time.perf_counter()
-    log.info("job_started", attempt=attempt)
+    log.info("job_started", attempt=claim.attempt)
+    ctx = JobContext(
+        job_id=delivery.job_id,
+        idempotency_key=delivery.idempotency_key,
+        task=delivery.task,
+        attempt=claim.attempt,
+        conn=conn,
+    )
     try:
         async with conn.transaction():
-            locked = await ledger.lock_for_outcome(conn, delivery.job_id)
-            if locked is not None and locked[0].terminal:
-                # Another delivery finished between our claim and this lock.
-                await ledger.record_duplicate(conn, delivery.job_id)
-                await ledger.record_attempt(
-                    conn,
-                    delivery.job_id,
-                    AttemptRecord(attempt, delivery.worker, started_at, 0.0, "duplicate"),
-                )
-                log.info("job_duplicate_delivery", state=locked[0].value)
-                return RunResult(Outcome.DUPLICATE, attempt=attempt, result=locked[1])
-            ctx = JobContext(
-                job_id=delivery.job_id,
-                idempotency_key=delivery.idempotency_key,
-                task=delivery.task,
-                attempt=attempt,
-                conn=conn,
-            )
             result = await handler(ctx, delivery.payload)
             await ledger.complete(conn, delivery.job_id, result)
             await ledger.record_attempt(
                 conn,
                 delivery.job_id,
                 AttemptRecord(
-                    attempt, delivery.worker, started_at, time.perf_counter() - t0, "succeeded"
+                    claim.attempt,
+                    delivery.worker,
+                    started_at,
+                    time.perf_counter() - t0,
+                    "succeeded",
                 ),
             )
-    except asyncpg.LockNotAvailableError as exc:
-        raise Deferred("another delivery of this job is running") from exc
     except Exception as exc:
         if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
             raise  # the database went away: not the handler's failure
         duration = time.perf_counter() - t0
+        failure = Failure.of(exc)
         log.warning(
             "job_attempt_failed",
-            attempt=attempt,
-            error_type=type(exc).__name__,
-            error=str(exc)[:500],
+            attempt=claim.attempt,
+            error_type=failure.error_type,
+            error=failure.message[:500],
+            retryable=failure.retryable,
             duration_seconds=round(duration, 6),
         )
         return RunResult(
             Outcome.FAILED,
-            attempt=attempt,
-            error=exc,
-            traceback=traceback.format_exc(),
+            attempt=claim.attempt,
+            failure=failure,
             started_at=started_at,
             duration_seconds=duration,
         )
-    log.info("job_succeeded", attempt=attempt, duration_seconds=round(time.perf_counter() - t0, 6))
-    return RunResult(Outcome.SUCCEEDED, attempt=attempt, result=result)
+    duration = time.perf_counter() - t0
+    log.info("job_succeeded", attempt=claim.attempt, duration_seconds=round(duration, 6))
+    return RunResult(
+        Outcome.SUCCEEDED,
+        attempt=claim.attempt,
+        result=result,
+        started_at=started_at,
+        duration_seconds=duration,
+    )
 
 
-async def record_failure(
+@dataclass(frozen=True)
+class Retry:
+    """Run the job again after ``countdown`` seconds; ``failures`` so far in this run."""
+
+    countdown: float
+    failures: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Hand the job to dlq-svc (the dead-lettering is staged in the ledger)."""
+
+    reason: Reason | None  # None: an earlier delivery staged it
+
+
+@dataclass(frozen=True)
+class Done:
+    """Nothing more to do for this message."""
+
+    result: Any = None
+
+
+Decision = Retry | DeadLetter | Done
+
+
+def decide(run: RunResult, policy: RetryPolicy, failures_before: int) -> Decision:
+    """What a delivery's outcome means under the task's policy (pure)."""
+    if run.outcome is Outcome.POISON:
+        return DeadLetter(Reason.WORKER_LOST)
+    if run.outcome is Outcome.REPORT_PENDING:
+        return DeadLetter(None)
+    if run.outcome is not Outcome.FAILED:
+        return Done(run.result)
+    assert run.failure is not None
+    if not run.failure.retryable:
+        return DeadLetter(Reason.PERMANENT_ERROR)
+    failures = failures_before + 1
+    if failures > policy.max_retries:
+        return DeadLetter(Reason.RETRIES_EXHAUSTED)
+    return Retry(policy.countdown(failures), failures)
+
+
+async def settle(
     runtime: Runtime,
     ledger: JobLedger,
     delivery: Delivery,
     run: RunResult,
-    *,
-    next_state: JobState,
-    countdown: float = 0.0,
+    decision: Decision,
 ) -> None:
-    """Stores a failed attempt and moves the job to retrying or dead-lettered."""
-    assert run.error is not None and run.started_at is not None
+    """Records a failed delivery's consequence in the ledger (under the job's lock)."""
+    if run.failure is None or run.started_at is None:
+        return
     conn = await runtime.connection()
-    message = f"{type(run.error).__name__}: {run.error}"[:2000]
-    next_at = (
-        datetime.fromtimestamp(time.time() + countdown, UTC)
-        if next_state is JobState.RETRYING
-        else None
-    )
+    failure = run.failure
+    summary = f"{failure.error_type}: {failure.message}"[:2000]
+    countdown = decision.countdown if isinstance(decision, Retry) else 0.0
     async with conn.transaction():
-        await ledger.record_attempt(
-            conn,
-            delivery.job_id,
-            AttemptRecord(
-                run.attempt,
-                delivery.worker,
-                run.started_at,
-                run.duration_seconds,
-                "failed",
-                type(run.error).__name__,
-                str(run.error)[:2000],
-                countdown,
-            ),
+        if run.outcome is Outcome.FAILED:
+            await ledger.record_attempt(
+                conn,
+                delivery.job_id,
+                AttemptRecord(
+                    run.attempt,
+                    delivery.worker,
+                    run.started_at,
+                    run.duration_seconds,
+                    "failed",
+                    failure.error_type,
+                    failure.message,
+                    countdown,
+                ),
+            )
+        else:  # poison: this delivery did not run the job
+            await ledger.record_attempt(
+                conn,
+                delivery.job_id,
+                AttemptRecord(
+                    run.attempt,
+                    delivery.worker,
+                    run.started_at,
+                    0.0,
+                    "dead_lettered",
+                    failure.error_type,
+                    failure.message,
+                ),
+            )
+        if isinstance(decision, Retry):
+            next_at = datetime.now(UTC) + timedelta(seconds=countdown)
+            await ledger.fail(conn, delivery.job_id, JobState.RETRYING, summary, next_at)
+        elif isinstance(decision, DeadLetter) and decision.reason is not None:
+            report = {
+                "reason": decision.reason.value,
+                "error_type": failure.error_type,
+                "error_message": failure.message,
+                "traceback": failure.traceback,
+                "final_attempt": run.attempt,
+                "worker": delivery.worker,
+                "dead_lettered_at": datetime.now(UTC).isoformat(),
+            }
+            await ledger.fail(conn, delivery.job_id, JobState.RETRYING, summary, None)
+            await ledger.stage_dead_letter(
+                conn, delivery.job_id, report, f"dead-lettering ({decision.reason}): {summary}"
+            )
+
+
+async def handle(
+    runtime: Runtime,
+    ledger: JobLedger,
+    delivery: Delivery,
+    handler: Handler,
+    policy: RetryPolicy,
+    failures_before: int,
+) -> Decision:
+    """The whole locked part of a delivery: run it, decide, record."""
+    conn = await runtime.connection()
+    try:
+        await ledger.lock_job(conn, delivery.job_id)
+    except asyncpg.LockNotAvailableError as exc:
+        raise Deferred("another delivery of this job is running") from exc
+    try:
+        run = await run_delivery(
+            runtime, ledger, delivery, handler, max_worker_losses=policy.max_worker_losses
         )
-        await ledger.fail(conn, delivery.job_id, next_state, message, next_at)
+        decision = decide(run, policy, failures_before)
+        await settle(runtime, ledger, delivery, run, decision)
+        return decision
+    finally:
+        if not conn.is_closed():
+            await ledger.unlock_job(conn, delivery.job_id)

@@ -93,6 +93,7 @@ class JobRecord:
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
     duplicate_deliveries: int = 0
+    worker_losses: int = 0
     attempts: list[AttemptRecord] = field(default_factory=list)
 
 

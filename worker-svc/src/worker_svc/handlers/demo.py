@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from relayq_core.errors import JobError
@@ -53,3 +55,25 @@ async def charge(ctx: JobContext, payload: JsonObject) -> Any:
     if hold_ms:
         await ctx.conn.execute("SELECT pg_sleep($1)", hold_ms / 1000)
     return {"charged": amount, "account": account}
+
+
+async def flaky(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.flaky``: fails its first ``payload.fail_times`` attempts, then succeeds."""
+    fail_times = payload.get("fail_times", 1)
+    if not isinstance(fail_times, int) or isinstance(fail_times, bool) or fail_times < 0:
+        raise JobError.permanent("demo.flaky needs payload.fail_times, an integer >= 0")
+    if ctx.attempt <= fail_times:
+        raise JobError(f"demo.flaky: planned failure {ctx.attempt} of {fail_times}")
+    return {"succeeded_on_attempt": ctx.attempt}
+
+
+async def fail(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.fail``: always fails; ``payload.permanent`` says whether a retry could help."""
+    message = str(payload.get("message") or "demo.fail failed as asked")
+    raise JobError(message, retryable=not bool(payload.get("permanent", False)))
+
+
+async def crash(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.crash``: kills its own worker process mid-run (a poison job)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: the process is gone")

@@ -27,3 +27,21 @@ def slow(self: Task, **message: Any) -> Any:
 def charge(self: Task, **message: Any) -> Any:
     """Charges ``payload.amount_cents`` to ``payload.account``, once per idempotency key."""
     return execute(self, demo.charge, message)
+
+
+@app.task(name="demo.flaky", bind=True)
+def flaky(self: Task, **message: Any) -> Any:
+    """Fails the first ``payload.fail_times`` attempts, then succeeds."""
+    return execute(self, demo.flaky, message)
+
+
+@app.task(name="demo.fail", bind=True)
+def fail(self: Task, **message: Any) -> Any:
+    """Always fails (permanently when ``payload.permanent``)."""
+    return execute(self, demo.fail, message)
+
+
+@app.task(name="demo.crash", bind=True)
+def crash(self: Task, **message: Any) -> Any:
+    """Kills its worker process: a poison job."""
+    return execute(self, demo.crash, message)

@@ -63,6 +63,24 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A started attempt: its number, and whether an earlier delivery died holding the job."""
+
+    attempt: int
+    worker_losses: int
+    abandoned: bool
+
+
+@dataclass(frozen=True)
+class Peek:
+    """A job's state without claiming it."""
+
+    state: JobState
+    result: Any
+    pending_dead_letter: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class ExistingJob:
     """The parts of a recorded job a re-submit is compared with."""
 
@@ -185,13 +203,28 @@ class JobLedger:
             finished_at=row["finished_at"],
             next_attempt_at=row["next_attempt_at"],
             duplicate_deliveries=row["duplicate_deliveries"],
+            worker_losses=row["worker_losses"],
             attempts=attempts,
         )
 
-    async def claim(self, db: Executor, job_id: str) -> int | None:
-        """Starts an attempt; its number, or None when the job is already finished or unknown."""
+    async def lock_job(self, db: Executor, job_id: str) -> None:
+        """Holds the job for this session (see ledger.sql); waits at most ``lock_timeout``."""
+        await db.execute(_Q["lock_job"], job_id)
+
+    async def unlock_job(self, db: Executor, job_id: str) -> None:
+        """Releases :meth:`lock_job`."""
+        await db.execute(_Q["unlock_job"], job_id)
+
+    async def claim(self, db: Executor, job_id: str) -> Claim | None:
+        """Starts an attempt; None when the job is finished, awaiting its DLQ report, or unknown."""
         row = await db.fetchrow(_Q["claim"], job_id)
-        return None if row is None else int(row["attempt_count"])
+        if row is None:
+            return None
+        return Claim(
+            attempt=int(row["attempt_count"]),
+            worker_losses=int(row["worker_losses"]),
+            abandoned=row["prev_state"] == JobState.RUNNING.value,
+        )
 
     async def record_duplicate(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
         """Counts a delivery that found the job finished; its state and stored result."""
@@ -203,15 +236,22 @@ class JobLedger:
         status = await db.execute(_Q["purge_finished"], before, batch)
         return int(status.split()[-1])
 
-    async def peek_state(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
-        """The job's state and stored result, or None when unknown."""
+    async def peek_state(self, db: Executor, job_id: str) -> Peek | None:
+        """The job's state, stored result and pending dead letter, or None when unknown."""
         row = await db.fetchrow(_Q["peek_state"], job_id)
-        return None if row is None else (JobState(row["state"]), row["result"])
+        if row is None:
+            return None
+        return Peek(JobState(row["state"]), row["result"], row["pending_dead_letter"])
 
-    async def lock_for_outcome(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
-        """Locks the job's row until the transaction ends; its state and result."""
-        row = await db.fetchrow(_Q["lock_for_outcome"], job_id)
-        return None if row is None else (JobState(row["state"]), row["result"])
+    async def stage_dead_letter(
+        self, db: Executor, job_id: str, report: dict[str, Any], error: str
+    ) -> None:
+        """Keeps a decided dead-lettering until dlq-svc has stored it."""
+        await db.execute(_Q["stage_dead_letter"], job_id, report, error)
+
+    async def mark_dead_lettered(self, db: Executor, job_id: str) -> None:
+        """dlq-svc has the dead letter: the job is dead-lettered now."""
+        await db.execute(_Q["mark_dead_lettered"], job_id)
 
     async def complete(self, db: Executor, job_id: str, result: Any) -> None:
         """Records success and the handler's result."""

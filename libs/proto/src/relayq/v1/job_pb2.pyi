@@ -115,6 +115,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
     DUPLICATE_DELIVERIES_FIELD_NUMBER: _builtins.int
+    WORKER_LOSSES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     idempotency_key: _builtins.str
     task: _builtins.str
@@ -127,6 +128,8 @@ class Job(_message.Message):
     """Deliveries that found the job already finished and did nothing (at-least-once delivery
     made visible; each is also a "duplicate" in relayq_job_runs_total).
     """
+    worker_losses: _builtins.int
+    """Deliveries whose worker died mid-run (a poison job is dead-lettered after a few)."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -165,10 +168,11 @@ class Job(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
         duplicate_deliveries: _builtins.int = ...,
+        worker_losses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "next_attempt_at", b"next_attempt_at", "payload", b"payload", "result", b"result", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "created_at", b"created_at", "duplicate_deliveries", b"duplicate_deliveries", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "payload", b"payload", "queue", b"queue", "result", b"result", "started_at", b"started_at", "state", b"state", "task", b"task", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "created_at", b"created_at", "duplicate_deliveries", b"duplicate_deliveries", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "payload", b"payload", "queue", b"queue", "result", b"result", "started_at", b"started_at", "state", b"state", "task", b"task", "trace_id", b"trace_id", "updated_at", b"updated_at", "worker_losses", b"worker_losses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

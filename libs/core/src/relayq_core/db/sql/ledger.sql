@@ -40,14 +40,30 @@ SELECT * FROM relayq_jobs WHERE job_id = $1;
 -- name: get_attempts
 SELECT * FROM relayq_job_attempts WHERE job_id = $1 ORDER BY number;
 
+-- name: lock_job
+-- Serialises deliveries of one job for the whole of a delivery (claim, run, record). A session
+-- lock: PostgreSQL releases it when the worker's connection dies, so a second delivery waiting
+-- here proceeds exactly when the first can no longer finish. Waits at most lock_timeout.
+SELECT pg_advisory_lock(hashtextextended($1, 0));
+
+-- name: unlock_job
+SELECT pg_advisory_unlock(hashtextextended($1, 0));
+
 -- name: claim
--- A delivery starts an attempt. Blocks while another delivery of the same job holds the row
--- (see lock_for_outcome), so a duplicate waits for the first and then finds it done.
-UPDATE relayq_jobs
-SET state = 'running', attempt_count = attempt_count + 1, updated_at = now(),
-    started_at = coalesce(started_at, now()), next_attempt_at = NULL
-WHERE job_id = $1 AND state NOT IN ('succeeded', 'dead_lettered')
-RETURNING attempt_count;
+-- A delivery starts an attempt (run under lock_job). A job found 'running' was abandoned by a
+-- delivery whose worker died (it no longer holds the lock): that counts as a worker loss.
+-- Finished jobs, and jobs waiting for their dead letter to be stored, are not claimed.
+WITH prev AS (
+    SELECT job_id, state AS prev_state FROM relayq_jobs
+    WHERE job_id = $1 AND pending_dead_letter IS NULL
+)
+UPDATE relayq_jobs j
+SET state = 'running', attempt_count = j.attempt_count + 1,
+    worker_losses = j.worker_losses + (prev.prev_state = 'running')::int,
+    updated_at = now(), started_at = coalesce(j.started_at, now()), next_attempt_at = NULL
+FROM prev
+WHERE j.job_id = prev.job_id AND prev.prev_state NOT IN ('succeeded', 'dead_lettered')
+RETURNING j.attempt_count, j.worker_losses, prev.prev_state;
 
 -- name: record_duplicate
 -- A delivery of a job that is already finished: counted, nothing else changes.
@@ -66,11 +82,19 @@ WHERE job_id IN (
 );
 
 -- name: peek_state
-SELECT state, attempt_count, result FROM relayq_jobs WHERE job_id = $1;
+SELECT state, attempt_count, result, pending_dead_letter FROM relayq_jobs WHERE job_id = $1;
 
--- name: lock_for_outcome
--- Taken inside the transaction that runs the handler and records the outcome.
-SELECT state, result FROM relayq_jobs WHERE job_id = $1 FOR UPDATE;
+-- name: stage_dead_letter
+-- The worker decided to dead-letter the job; dlq-svc has not stored it yet.
+UPDATE relayq_jobs
+SET pending_dead_letter = $2, last_error = $3, next_attempt_at = NULL, updated_at = now()
+WHERE job_id = $1;
+
+-- name: mark_dead_lettered
+-- dlq-svc stored the dead letter: now, and only now, the job is dead-lettered.
+UPDATE relayq_jobs
+SET state = 'dead_lettered', pending_dead_letter = NULL, finished_at = now(), updated_at = now()
+WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
 
 -- name: complete
 UPDATE relayq_jobs
@@ -100,6 +124,6 @@ SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
 -- idempotency key. A job that meanwhile succeeded is left alone (and not returned).
 UPDATE relayq_jobs
 SET state = 'queued', enqueued_at = NULL, next_attempt_at = NULL, finished_at = NULL,
-    updated_at = now()
+    worker_losses = 0, pending_dead_letter = NULL, updated_at = now()
 WHERE job_id = ANY($1::text[]) AND state IN ('dead_lettered', 'queued')
 RETURNING job_id, idempotency_key, task, queue, payload, trace_id;

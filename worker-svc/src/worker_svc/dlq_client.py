@@ -1,0 +1,86 @@
+"""The hand-off to dlq-svc: build a ``ReportDeadLetter`` from the ledger and send it.
+
+Called when a job is dead-lettered (the ledger holds the staged report until dlq-svc has it).
+One gRPC channel per worker process, made after the fork.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, job_pb2
+from relayq_core.jobs import JobRecord
+
+
+def _ts(value: datetime | str | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def build_report(job: JobRecord, staged: dict[str, Any]) -> dead_letter_pb2.ReportDeadLetterRequest:
+    """The dead letter as dlq-svc stores it: the staged failure plus the job's whole record."""
+    failed = [a for a in job.attempts if a.outcome != "succeeded"]
+    first_failed = failed[0].started_at if failed else job.updated_at
+    request = dead_letter_pb2.ReportDeadLetterRequest(
+        job_id=job.job_id,
+        idempotency_key=job.idempotency_key,
+        task=job.task,
+        queue=job.queue,
+        reason=staged["reason"],
+        error_type=staged["error_type"],
+        error_message=staged["error_message"],
+        traceback=staged["traceback"],
+        trace_id=job.trace_id,
+        first_failed_at=_ts(first_failed),
+        dead_lettered_at=_ts(staged["dead_lettered_at"]),
+        final_attempt=int(staged["final_attempt"]),
+        worker=staged["worker"],
+        attempts=[
+            job_pb2.Attempt(
+                number=a.number,
+                worker=a.worker,
+                started_at=_ts(a.started_at),
+                duration_seconds=a.duration_seconds,
+                outcome=a.outcome,
+                error_type=a.error_type,
+                error_message=a.error_message,
+                countdown_seconds=a.countdown_seconds,
+            )
+            for a in job.attempts
+        ],
+    )
+    request.payload.update(job.payload)
+    return request
+
+
+class DlqClient:
+    """A per-process ``DeadLetterService`` client."""
+
+    def __init__(self, address: str, timeout_seconds: float) -> None:
+        self._address = address
+        self._timeout = timeout_seconds
+        self._pid = -1
+        self._channel: grpc.Channel | None = None
+
+    def _stub(self) -> dead_letter_pb2_grpc.DeadLetterServiceStub:
+        if self._channel is None or self._pid != os.getpid():
+            self._channel = grpc.insecure_channel(self._address)
+            self._pid = os.getpid()
+        return dead_letter_pb2_grpc.DeadLetterServiceStub(self._channel)
+
+    def report(self, request: dead_letter_pb2.ReportDeadLetterRequest) -> bool:
+        """Stores the dead letter; True when dlq-svc already had it. Raises grpc.RpcError."""
+        reply: dead_letter_pb2.ReportDeadLetterResponse = self._stub().ReportDeadLetter(
+            request, timeout=self._timeout
+        )
+        return reply.duplicate
