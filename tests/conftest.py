@@ -31,7 +31,8 @@ from relayq_core.db.migrate import migrate_ledger
 from relayq_core.grpc_server import RunningServer, start_server
 from relayq_core.publish import Publisher
 from relayq_core.settings import repo_root
-from relayq_devstack.health import celery_workers_ready
+from relayq_devstack.health import celery_workers_ready, grpc_healthy
+from relayq_devstack.ports import free_port
 from relayq_devstack.postgres import PostgresServer, start_postgres
 from relayq_devstack.process import ServiceProcess
 from relayq_devstack.redis import RedisServer, start_redis
@@ -147,9 +148,56 @@ async def live_ingest(
         yield handle
 
 
+class DlqServer:
+    """dlq-svc as a real subprocess on a fixed port, so tests can take it down and back."""
+
+    TOKEN = "test-admin-token"
+
+    def __init__(self, database_url: str, redis_url: str, log_dir: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._env = service_env(
+            database_url,
+            redis_url,
+            RELAYQ_DLQ_GRPC_PORT=str(self.port),
+            RELAYQ_DLQ_ADMIN_TOKEN=self.TOKEN,
+        )
+        self._log = log_dir / "dlq.log"
+        self.proc: ServiceProcess | None = None
+
+    def start(self) -> None:
+        self.proc = ServiceProcess(
+            "dlq",
+            [str(BIN / "relayq-dlq")],
+            log_path=self._log,
+            env=self._env,
+            inherit_env=False,
+        )
+        self.proc.wait_healthy(lambda: grpc_healthy(self.address), timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def dlq_server(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DlqServer]:
+    """The dlq-svc the test worker reports dead letters to."""
+    server = DlqServer(database_url, redis_url, tmp_path_factory.mktemp("dlq"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def worker(
-    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    database_url: str,
+    redis_url: str,
+    dlq_server: DlqServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceProcess]:
     """One real Celery worker node (2 prefork processes) in a subprocess."""
     proc = ServiceProcess(
@@ -162,6 +210,8 @@ def worker(
             RELAYQ_WORKER_CONCURRENCY="2",
             RELAYQ_WORKER_NODE_NAME="test-worker@%h",
             RELAYQ_RETRY_POLICY=str(REPO / "tests" / "data" / "retry-fast.toml"),
+            RELAYQ_DLQ_GRPC=dlq_server.address,
+            RELAYQ_WORKER_DLQ_RETRY_MAX_SECONDS="1",
         ),
         inherit_env=False,
     )
