@@ -154,6 +154,18 @@ def test_confirmed_replay_by_filter_acts_on_exactly_the_counted_entries() -> Non
     assert "replay [" in result.err  # progress on stderr
 
 
+def test_the_preview_lists_what_would_be_skipped() -> None:
+    fake = fake_with(a="t", b="t", c="t")
+    fake.entries["b"] = ("t", "dropped")
+    result = run(fake, ["replay", "a", "b", "c"], answer="y\n")
+    assert "1 of 3 would be skipped:\nID  RESULT\nb   skipped: not active\n" in result.err
+    assert "Replay 2 entries? [y/N] " in result.err
+    real = fake.calls[-1]
+    assert isinstance(real, dead_letter_pb2.ReplayDeadLettersRequest)
+    assert list(real.ids) == ["a", "b", "c"]  # ids as given: the server reports the skip again
+    assert result.out == "Replayed 2 of 3.\nID  RESULT\nb   skipped: not active\n"
+
+
 def test_declined_replay_changes_nothing_and_exits_2() -> None:
     fake = fake_with(a="t", b="t")
     result = run(fake, ["replay", "a", "b"], answer="n\n")

@@ -186,9 +186,10 @@ def run_replay(
         require_terminal(term, "replay")
         preview = [r for q in _replay_requests(ns, ids, dry_run=True) for r in client.replay(q)]
         targets = [r.id for r in preview if r.result == WOULD_REPLAY]
-        skipped = len(preview) - len(targets)
+        skipped = [r for r in preview if r.result != WOULD_REPLAY]
         if skipped:
-            term.note(f"{skipped} of {len(preview)} would be skipped (not active).")
+            term.note(f"{len(skipped)} of {len(preview)} would be skipped:")
+            term.note(render.table(("ID", "RESULT"), ([r.id, r.result] for r in skipped)))
         if not targets:
             _print_replay(term, ns, [], dry_run=False)
             return EXIT_OK
