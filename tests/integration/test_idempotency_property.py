@@ -56,7 +56,8 @@ async def deliver(
 ) -> Decision | None:
     """One delivery as a worker makes it; None when the "worker" died mid-way."""
     try:
-        return await handle(runtime, ledger, delivery, handler, POLICY, failures_before=0)
+        decision, _ = await handle(runtime, ledger, delivery, handler, POLICY, failures_before=0)
+        return decision
     except UNAVAILABLE_ERRORS:
         await runtime.discard_connection()  # the "worker" died; its message will come back
         return None
@@ -144,6 +145,9 @@ def test_a_killed_transaction_leaves_no_effect(database_url: str) -> None:
             assert job is not None and job.state is JobState.RUNNING and job.attempt_count == 1
             assert isinstance(await deliver(runtime, delivery), Done)
             assert await conn.fetchval(count, key) == 1
+            job = await ledger.get_job(conn, spec.job_id)
+            assert job is not None and job.worker_losses == 1
+            assert [a.outcome for a in job.attempts] == ["worker_lost", "succeeded"]
         finally:
             await runtime.discard_connection()
             await conn.close()

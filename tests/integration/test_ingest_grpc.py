@@ -43,6 +43,7 @@ async def test_submit_records_and_enqueues_once(ingest: Ingest, quiet_broker_url
         "job_id": reply.job_id,
         "idempotency_key": reply.job_id,
         "payload": {"to": "a@example.com"},
+        "queue": "default",
     }
     job = (await ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
     assert job.state == job_pb2.JOB_STATE_QUEUED

@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from ingest_svc import convert
+from ingest_svc.metrics import count_rejected
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits, validate_job_id, validate_submission
 from relayq.v1 import ingest_pb2, ingest_pb2_grpc
@@ -29,12 +30,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._max_batch = max_batch
 
     def _validate(self, req: ingest_pb2.SubmitJobRequest) -> tuple[JobSpec, bool]:
-        spec = validate_submission(
-            self._catalog,
-            self._limits,
-            trace_id=current_trace_id(),
-            **convert.submission_from_proto(req),
-        )
+        try:
+            spec = validate_submission(
+                self._catalog,
+                self._limits,
+                trace_id=current_trace_id(),
+                **convert.submission_from_proto(req),
+            )
+        except RelayqError:
+            count_rejected(self._catalog, req.task, req.queue)
+            raise
         return spec, not req.job_id
 
     async def SubmitJob(

@@ -11,9 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 
+from ingest_svc.metrics import count_rejected
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits, validate_job_id, validate_submission
 from relayq_core.catalog import Catalog
@@ -105,6 +107,10 @@ def create_app(jobs: JobService, catalog: Catalog, limits: Limits) -> FastAPI:
         what = first.get("msg", "invalid request")
         return _error(InvalidArgument(f"{where}: {what}" if where else what))
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -114,16 +120,20 @@ def create_app(jobs: JobService, catalog: Catalog, limits: Limits) -> FastAPI:
         body: SubmitBody, idempotency_key: str | None = Header(default=None)
     ) -> JSONResponse:
         key = body.idempotency_key or (idempotency_key or "")
-        spec = validate_submission(
-            catalog,
-            limits,
-            task=body.task,
-            payload=body.payload,
-            job_id=body.job_id,
-            idempotency_key=key,
-            queue=body.queue,
-            trace_id=current_trace_id(),
-        )
+        try:
+            spec = validate_submission(
+                catalog,
+                limits,
+                task=body.task,
+                payload=body.payload,
+                job_id=body.job_id,
+                idempotency_key=key,
+                queue=body.queue,
+                trace_id=current_trace_id(),
+            )
+        except RelayqError:
+            count_rejected(catalog, body.task, body.queue)
+            raise
         (result,) = await jobs.submit([spec], generated_ids=None if body.job_id else {spec.job_id})
         if isinstance(result, RelayqError):
             return _error(result)

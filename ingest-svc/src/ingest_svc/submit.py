@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from ingest_svc.metrics import JOBS_SUBMITTED
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, ExistingJob, JobLedger
 from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
 from relayq_core.jobs import JobRecord, JobSpec, JobState, SubmitResult
@@ -172,9 +173,12 @@ class JobService:
                 task=spec.task,
             ):
                 if isinstance(result, SubmitResult):
+                    label = "duplicate" if result.duplicate else "accepted"
                     log.info("job_submitted", queue=result.queue, duplicate=result.duplicate)
                 else:
+                    label = "rejected"
                     log.info("job_refused", code=result.code.name, reason=result.message)
+                JOBS_SUBMITTED.labels(task=spec.task, queue=spec.queue, outcome=label).inc()
         return results
 
     async def _forget(self, job_ids: list[str]) -> None:

@@ -21,15 +21,19 @@ from celery import Task
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
 from relayq_core.jobs import JobRecord
 from relayq_core.logging import get_logger, job_context
-from worker_svc.app import policies, settings
+from worker_svc.app import catalog, policies, settings
 from worker_svc.dlq_client import DlqClient, build_report
+from worker_svc.metrics import JOB_DURATION, JOB_RUNS
 from worker_svc.runner import (
     DeadLetter,
+    Decision,
     Deferred,
     Delivery,
     Done,
     Handler,
+    Outcome,
     Retry,
+    RunResult,
     handle,
 )
 from worker_svc.runtime import Runtime
@@ -63,11 +67,14 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             idempotency_key=key,
             payload=message["payload"],
             worker=f"{task.request.hostname or 'worker'}:{os.getpid()}",
+            queue=str(message.get("queue") or catalog.default_queue),
         )
         policy = policies.for_task(task.name)
         failures = int(message.get("failures", 0))
         try:
-            decision = runtime.run(handle(runtime, ledger, delivery, handler, policy, failures))
+            decision, run = runtime.run(
+                handle(runtime, ledger, delivery, handler, policy, failures)
+            )
         except Deferred as exc:
             log.info("job_deferred", reason=str(exc), countdown=settings.defer_seconds)
             _again(task, settings.defer_seconds, message, exc)
@@ -75,6 +82,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)
             _again(task, INFRA_RETRY_SECONDS, message, exc)
+        count(delivery, message, decision, run)
         if isinstance(decision, Retry):
             log.info(
                 "job_retry_scheduled",
@@ -105,6 +113,28 @@ async def _staged(job_id: str) -> tuple[JobRecord, dict[str, Any]] | None:
 
 async def _mark_dead_lettered(job_id: str) -> None:
     await ledger.mark_dead_lettered(await runtime.connection(), job_id)
+
+
+def count(delivery: Delivery, message: dict[str, Any], decision: Decision, run: RunResult) -> None:
+    """Metrics for one delivery (low-cardinality labels only: task, queue, outcome)."""
+    labels = {"task": delivery.task, "queue": delivery.queue}
+    if run.worker_lost:
+        JOB_RUNS.labels(outcome="worker_lost", **labels).inc()
+    if run.ran:
+        JOB_DURATION.labels(**labels).observe(run.duration_seconds)
+    if isinstance(decision, Retry):
+        outcome = "retried"
+    elif isinstance(decision, DeadLetter):
+        if decision.reason is None:
+            return  # a staged dead letter re-sent: counted when it was decided
+        outcome = "dead_lettered"
+    elif run.outcome is Outcome.DUPLICATE:
+        outcome = "duplicate"
+    elif run.outcome is Outcome.SUCCEEDED:
+        outcome = "succeeded"
+    else:
+        return
+    JOB_RUNS.labels(outcome=outcome, **labels).inc()
 
 
 def hand_off(task: Task, message: dict[str, Any], job_id: str) -> None:

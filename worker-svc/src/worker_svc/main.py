@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from relayq_core.catalog import CatalogError
 from relayq_core.logging import configure_logging, get_logger
 from relayq_core.retry import PolicyError
 
 
+def _metrics_dir(configured: Path | None) -> Path:
+    """A fresh directory for this node's multiprocess metric files (stale files would add up)."""
+    if configured is None:
+        return Path(tempfile.mkdtemp(prefix="relayq-worker-metrics-"))
+    shutil.rmtree(configured, ignore_errors=True)
+    configured.mkdir(parents=True)
+    return configured
+
+
 def main() -> None:
     """Starts ``celery worker`` for the catalogue's queues; refuses to start misconfigured."""
+    from worker_svc.config import WorkerSettings
+
+    # prometheus_client decides at import time whether values live in shared files: the
+    # directory must be in the environment before any relayq module imports it.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(WorkerSettings().metrics_dir))
     try:
         from worker_svc.app import app, catalog, configuration_problems, settings
     except (CatalogError, PolicyError) as exc:
@@ -27,6 +45,10 @@ def main() -> None:
     from worker_svc.schema import migrate
 
     asyncio.run(migrate(settings.database_url))
+    if settings.metrics_port:
+        from worker_svc.metrics import serve
+
+        serve(settings.metrics_port, settings.metrics_host)
     queues = settings.queues or ",".join(catalog.queues())
     argv = [
         "worker",

@@ -89,6 +89,10 @@ class RunResult:
     failure: Failure | None = None
     started_at: datetime | None = None
     duration_seconds: float = 0.0
+    #: This delivery found the job abandoned by a worker that died running it.
+    worker_lost: bool = False
+    #: The handler ran (its duration is worth observing).
+    ran: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Delivery:
     idempotency_key: str
     payload: JsonObject
     worker: str
+    queue: str = "default"
 
 
 async def run_delivery(
@@ -147,6 +152,7 @@ async def run_delivery(
         if claim.worker_losses >= max_worker_losses:
             return RunResult(
                 Outcome.POISON,
+                worker_lost=True,
                 attempt=claim.attempt,
                 failure=Failure(
                     "WorkerLost",
@@ -200,6 +206,8 @@ async def run_delivery(
             failure=failure,
             started_at=started_at,
             duration_seconds=duration,
+            worker_lost=claim.abandoned,
+            ran=True,
         )
     duration = time.perf_counter() - t0
     log.info("job_succeeded", attempt=claim.attempt, duration_seconds=round(duration, 6))
@@ -209,6 +217,8 @@ async def run_delivery(
         result=result,
         started_at=started_at,
         duration_seconds=duration,
+        worker_lost=claim.abandoned,
+        ran=True,
     )
 
 
@@ -324,7 +334,7 @@ async def handle(
     handler: Handler,
     policy: RetryPolicy,
     failures_before: int,
-) -> Decision:
+) -> tuple[Decision, RunResult]:
     """The whole locked part of a delivery: run it, decide, record."""
     conn = await runtime.connection()
     try:
@@ -337,7 +347,7 @@ async def handle(
         )
         decision = decide(run, policy, failures_before)
         await settle(runtime, ledger, delivery, run, decision)
-        return decision
+        return decision, run
     finally:
         if not conn.is_closed():
             await ledger.unlock_job(conn, delivery.job_id)

@@ -23,6 +23,7 @@ def job_message(spec: JobSpec) -> dict[str, Any]:
         "job_id": spec.job_id,
         "idempotency_key": spec.idempotency_key,
         "payload": spec.payload,
+        "queue": spec.queue,
     }
 
 
