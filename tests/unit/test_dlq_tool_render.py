@@ -107,6 +107,16 @@ def test_entries_table() -> None:
     assert lines[1].index("demo.charge") == lines[0].index("TASK")
 
 
+def test_entries_table_fits_a_terminal() -> None:
+    wide = entry(error_message="x" * 200)
+    for width in (100, 140):
+        line = render.entries_table([wide], NOW, width=width).splitlines()[1]
+        assert len(line) == width and line.endswith("…")
+    narrow = render.entries_table([wide], NOW, width=40).splitlines()[1]
+    error_cell = narrow[narrow.index("TimeoutError") :]
+    assert len(error_cell) == render.MIN_ERROR_WIDTH
+
+
 def test_entries_table_empty() -> None:
     assert render.entries_table([], NOW) == "No dead letters match."
 

@@ -10,6 +10,7 @@ exactly the entries that were counted (by id), not on whatever matches a moment 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class Terminal:
     interactive: bool
     # stderr is a terminal: the progress bar redraws in place.
     err_is_tty: bool
+    # stdout's width when it is a terminal (tables fit it), else None.
+    width: int | None = None
 
     @classmethod
     def std(cls) -> Terminal:
@@ -48,6 +51,7 @@ class Terminal:
             inp=sys.stdin,
             interactive=sys.stdin is not None and sys.stdin.isatty(),
             err_is_tty=sys.stderr.isatty(),
+            width=shutil.get_terminal_size().columns if sys.stdout.isatty() else None,
         )
 
     def print(self, text: str) -> None:
@@ -106,7 +110,7 @@ def run_list(
     if ns.json:
         term.print(render.dumps([render.message_dict(e) for e in page.entries]))
         return EXIT_OK
-    term.print(render.entries_table(page.entries, now))
+    term.print(render.entries_table(page.entries, now, width=term.width))
     if page.more:
         term.note(f"(showing {len(page.entries)}; more match: raise --limit or narrow the filters)")
     return EXIT_OK

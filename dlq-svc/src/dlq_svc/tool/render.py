@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from relayq.v1 import dead_letter_pb2, job_pb2
 
 ERROR_WIDTH = 60
+MIN_ERROR_WIDTH = 20
 NONE = "-"
 
 
@@ -112,7 +113,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 ENTRY_COLUMNS = ("ID", "TASK", "REASON", "STATUS", "AGE", "COUNT", "ERROR")
 
 
-def entry_row(entry: dead_letter_pb2.DeadLetter, now: datetime) -> list[str]:
+def entry_row(
+    entry: dead_letter_pb2.DeadLetter, now: datetime, error_width: int = ERROR_WIDTH
+) -> list[str]:
     """One line of ``list``: id, task, reason, status, dead-lettered age, count, short error."""
     return [
         entry.id,
@@ -121,20 +124,27 @@ def entry_row(entry: dead_letter_pb2.DeadLetter, now: datetime) -> list[str]:
         entry.status,
         format_age(timestamp(entry, "dead_lettered_at"), now),
         str(entry.dead_letter_count),
-        one_line(error_text(entry.error_type, entry.error_message), ERROR_WIDTH) or NONE,
+        one_line(error_text(entry.error_type, entry.error_message), error_width) or NONE,
     ]
 
 
 def entries_table(
-    entries: Sequence[dead_letter_pb2.DeadLetter], now: datetime, *, more: bool = False
+    entries: Sequence[dead_letter_pb2.DeadLetter], now: datetime, *, width: int | None = None
 ) -> str:
-    """The ``list`` output: a table, and a note when more entries match than were shown."""
+    """The ``list`` output. On a terminal ``width`` is its width: the error column takes what
+    the others leave (at least :data:`MIN_ERROR_WIDTH`); otherwise it is cut at
+    :data:`ERROR_WIDTH`."""
     if not entries:
         return "No dead letters match."
-    text = table(ENTRY_COLUMNS, (entry_row(e, now) for e in entries))
-    if more:
-        text += f"\n(showing {len(entries)}; more match: raise --limit or narrow the filters)"
-    return text
+    error_width = ERROR_WIDTH
+    if width is not None:
+        rows = [entry_row(e, now) for e in entries]
+        used = sum(
+            max(len(row[i]) for row in [list(ENTRY_COLUMNS), *rows]) + 2
+            for i in range(len(ENTRY_COLUMNS) - 1)
+        )
+        error_width = max(MIN_ERROR_WIDTH, width - used)
+    return table(ENTRY_COLUMNS, (entry_row(e, now, error_width) for e in entries))
 
 
 def _block(title: str, body: str) -> str:
