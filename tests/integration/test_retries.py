@@ -1,7 +1,7 @@
 """Retries, permanent errors, poison jobs and the DLQ hand-off, with real worker processes.
 
 The test worker runs tests/data/retry-fast.toml: the default policy's shape with a 0.2 s base,
-3 retries, ±20 % jitter and 2 worker losses, so the real retry path runs in seconds.
+4 retries, ±20 % jitter and 2 worker losses, so the real retry path runs in seconds.
 """
 
 from __future__ import annotations
@@ -77,16 +77,17 @@ async def test_retryable_failure_dead_letters_after_max_retries_plus_one(
     )
     job = await finish(live_ingest, reply.job_id)
     assert job.state == job_pb2.JOB_STATE_DEAD_LETTERED
-    assert job.attempt_count == POLICY.max_retries + 1 == 4
-    assert [a.outcome for a in job.attempts] == ["failed"] * 4
-    assert [a.countdown_seconds > 0 for a in job.attempts] == [True, True, True, False]
+    attempts = POLICY.max_retries + 1
+    assert job.attempt_count == attempts == 5
+    assert [a.outcome for a in job.attempts] == ["failed"] * attempts
+    assert [a.countdown_seconds > 0 for a in job.attempts] == [True] * (attempts - 1) + [False]
     entry = (
         await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
     ).dead_letter
     assert entry.reason == "retries_exhausted" and entry.status == "active"
     assert entry.error_type == "JobError" and entry.error_message == "smtp timeout"
     assert "JobError" in entry.traceback and "demo.py" in entry.traceback
-    assert len(entry.attempts) == 4
+    assert len(entry.attempts) == attempts
     assert entry.idempotency_key == job.idempotency_key
     assert json_format.MessageToDict(entry.payload) == {
         "permanent": False,

@@ -46,3 +46,11 @@ def test_the_environment_rule_tells_reads_from_writes() -> None:
     assert READS.search('x = os.environ["A"]') and READS.search("os.environ.get('A')")
     assert READS.search("os.getenv('A')")
     assert not READS.search('os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)')
+
+
+def test_celery_never_caps_a_jobs_retries() -> None:
+    """The retry policy decides; Celery's default max_retries (3) would cut jobs short."""
+    from worker_svc.app import app, catalog
+
+    for name in catalog.tasks:
+        assert app.tasks[name].max_retries is None, name

@@ -23,6 +23,9 @@ policies = load_policies(settings.retry_policy_path)
 app = Celery("relayq-worker")
 app.conf.update(celery_config(settings.redis_url, catalog.default_queue))
 app.conf.worker_prefetch_multiplier = settings.prefetch_multiplier
+# relayq counts a job's failures itself (the retry policy, in the message); Celery's own limit
+# (3 by default, even when retry() is given max_retries=None) must never cut a job short.
+app.conf.task_annotations = {"*": {"max_retries": None}}
 app.autodiscover_tasks(["worker_svc"], related_name="tasks", force=True)
 # Import the tasks now, so the registry is complete before the catalogue check at start-up.
 import worker_svc.tasks  # noqa: E402,F401

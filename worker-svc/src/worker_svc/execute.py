@@ -48,9 +48,15 @@ dlq = DlqClient(settings.dlq_grpc, settings.dlq_timeout_seconds)
 INFRA_RETRY_SECONDS = 2.0
 
 
+class RetryLater(Exception):
+    """Why a message is re-published without spending an attempt (picklable, unlike the
+    driver errors behind it, which Celery would have to send from the pool process)."""
+
+
 def _again(task: Task, countdown: float, message: dict[str, Any], exc: BaseException) -> NoReturn:
     """Re-publishes this message after ``countdown`` (not a failed attempt of the job)."""
-    raise task.retry(countdown=countdown, kwargs=message, max_retries=None, exc=exc)
+    reason = RetryLater(f"{type(exc).__name__}: {str(exc)[:200]}")
+    raise task.retry(countdown=countdown, kwargs=message, exc=reason)
 
 
 def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
@@ -92,7 +98,6 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             raise task.retry(
                 countdown=decision.countdown,
                 kwargs={**message, "failures": decision.failures},
-                max_retries=None,
             )
         if isinstance(decision, DeadLetter):
             hand_off(task, message, job_id)
