@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+import grpc
+
+from dlq_svc.auth import AdminTokenInterceptor
 from dlq_svc.config import DlqSettings
-from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc
-from relayq_core.db.ledger import connect
+from dlq_svc.grpc_api import DeadLetterServicer, registration
+from dlq_svc.replay import Replayer
+from dlq_svc.service import DeadLetters
+from dlq_svc.store import PostgresStore
+from relayq_core.catalog import load_catalog
+from relayq_core.db.ledger import JobLedger, connect, create_pool
 from relayq_core.db.migrate import apply_migrations
-from relayq_core.grpc_server import Registration, run_until_signalled, start_server
+from relayq_core.grpc_server import RunningServer, run_until_signalled, start_server
 from relayq_core.logging import configure_logging, get_logger
+from relayq_core.publish import Publisher
 from relayq_core.telemetry import configure_tracing
+
+__all__ = ["build_servicer", "migrate", "registration", "start", "serve", "main"]
 
 log = get_logger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-
-
-def registration(servicer: dead_letter_pb2_grpc.DeadLetterServiceServicer) -> Registration:
-    """How :func:`relayq_core.grpc_server.start_server` mounts the servicer."""
-    return Registration(
-        full_name=dead_letter_pb2.DESCRIPTOR.services_by_name["DeadLetterService"].full_name,
-        add=lambda server: dead_letter_pb2_grpc.add_DeadLetterServiceServicer_to_server(
-            servicer, server
-        ),
-    )
 
 
 async def migrate(dsn: str) -> list[str]:
@@ -41,20 +43,66 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
+def build_servicer(
+    pool: asyncpg.Pool, publisher: Publisher, settings: DlqSettings
+) -> DeadLetterServicer:
+    """The real servicer over ``pool`` (DLQ store and job ledger) and ``publisher``."""
+    store = PostgresStore(pool)
+    replayer = Replayer(store, JobLedger(), pool, publisher)
+    return DeadLetterServicer(
+        DeadLetters(store, replayer),
+        trace_url_template=settings.trace_url_template,
+        max_ids=settings.max_ids,
+    )
+
+
+def interceptors(settings: DlqSettings) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    """The admin-token check when a token is configured; nothing otherwise."""
+    token = settings.admin_token_value
+    return [AdminTokenInterceptor(token)] if token else []
+
+
+async def start(
+    servicer: DeadLetterServicer, settings: DlqSettings, address: str | None = None
+) -> RunningServer:
+    """Starts the gRPC server (health, reflection, admin-token check) on ``address``
+    (default: the settings' host and port; port 0 picks a free one)."""
+    if not settings.admin_token_value:
+        log.warning("dlq_admin_token_unset", detail="Replay, Drop and Purge are open to anyone")
+    return await start_server(
+        [registration(servicer)],
+        address or f"{settings.host}:{settings.grpc_port}",
+        interceptors=interceptors(settings),
+        options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+    )
+
+
 async def serve(settings: DlqSettings) -> None:
     """Migrates, then serves until SIGTERM/SIGINT."""
     await migrate(settings.database_url)
-    running = await start_server(
-        [registration(dead_letter_pb2_grpc.DeadLetterServiceServicer())],
-        f"{settings.host}:{settings.grpc_port}",
+    catalog = load_catalog(settings.catalog_path)
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+    publisher = Publisher(settings.redis_url, catalog.default_queue)
+    running = await start(build_servicer(pool, publisher, settings), settings)
+    log.info(
+        "dlq_started",
+        grpc_port=running.port,
+        auth=bool(settings.admin_token_value),
+        trace_urls=bool(settings.trace_url_template),
     )
-    log.info("dlq_started", grpc_port=running.port)
-    await run_until_signalled(running, grace=settings.grace_seconds)
+
+    async def on_stop() -> None:
+        await pool.close()
+        publisher.close()
+
+    await run_until_signalled(running, grace=settings.grace_seconds, on_stop=on_stop)
 
 
 def main() -> None:
     """Console entry point."""
     settings = DlqSettings()
     configure_logging("dlq-svc", level=settings.log_level, json=settings.log_json)
-    configure_tracing("dlq-svc", export=settings.otlp_endpoint is not None)
+    configure_tracing(
+        "dlq-svc", export=settings.otlp_endpoint is not None, grpc_server=True, celery=True
+    )
     asyncio.run(serve(settings))
