@@ -9,16 +9,14 @@ import asyncio
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from dlq_svc.main import registration as dlq_registration
-from relayq.v1 import dead_letter_pb2_grpc
-from relayq_core.grpc_server import start_server
 from tests.conftest import Ingest
+from tests.integration.dlq_fixtures import Dlq, dlq
+
+__all__ = ["dlq"]  # the imported fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -40,13 +38,10 @@ async def grpcurl(*args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def dlq_address() -> AsyncIterator[str]:
-    running = await start_server(
-        [dlq_registration(dead_letter_pb2_grpc.DeadLetterServiceServicer())], "127.0.0.1:0"
-    )
-    yield f"127.0.0.1:{running.port}"
-    await running.stop(0)
+@pytest.fixture(scope="module")
+def dlq_address(dlq: Dlq) -> str:
+    """The real dlq-svc servicer (in process, see dlq_fixtures)."""
+    return dlq.address
 
 
 async def test_list_shows_services_health_and_reflection(ingest: Ingest, dlq_address: str) -> None:
