@@ -73,5 +73,7 @@ def main() -> None:
     """Console entry point."""
     settings = IngestSettings()
     configure_logging("ingest-svc", level=settings.log_level, json=settings.log_json)
-    configure_tracing("ingest-svc", export=settings.otlp_endpoint is not None)
+    configure_tracing(
+        "ingest-svc", export=settings.otlp_endpoint is not None, grpc_server=True, celery=True
+    )
     asyncio.run(serve(settings))

@@ -13,7 +13,7 @@ from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config
 from relayq_core.catalog import load_catalog
 from relayq_core.logging import configure_logging
 from relayq_core.retry import load_policies
-from relayq_core.telemetry import configure_tracing
+from relayq_core.telemetry import configure_tracing, shutdown_tracing
 from worker_svc.config import WorkerSettings
 
 settings = WorkerSettings()
@@ -41,7 +41,18 @@ def _setup_logging(**_: Any) -> None:
 def _init_child(**_: Any) -> None:
     """Each prefork child sets up its own logging and tracing after the fork."""
     configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
-    configure_tracing("worker-svc", export=settings.otlp_endpoint is not None)
+    configure_tracing(
+        "worker-svc",
+        export=settings.otlp_endpoint is not None,
+        grpc_client=True,
+        celery=True,
+    )
+
+
+@signals.worker_process_shutdown.connect
+def _flush_child(**_: Any) -> None:
+    """Spans still in the child's export batch leave with it."""
+    shutdown_tracing()
 
 
 def missing_handlers() -> list[str]:

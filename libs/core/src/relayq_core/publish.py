@@ -7,6 +7,7 @@ one dedicated thread, off the event loop, and a batch shares one producer connec
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -52,7 +53,10 @@ class Publisher:
         """Publishes every message or raises (the broker's error) for the whole batch."""
         if specs:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._publish_sync, list(specs))
+            # The executor thread would start from an empty context: carry the caller's (its
+            # trace) so the producer spans and the message headers continue the submit's trace.
+            ctx = contextvars.copy_context()
+            await loop.run_in_executor(self._executor, ctx.run, self._publish_sync, list(specs))
 
     def ping(self) -> None:
         """Raises when the broker cannot be reached (readiness)."""

@@ -26,6 +26,8 @@ class ServiceContext:
     ports: Mapping[str, int]
     workers: int = 2
     concurrency: int = 2
+    # dlq-svc's admin token (Replay/Drop/Purge); "" runs dlq-svc without one.
+    dlq_admin_token: str = ""
 
     def script(self, name: str) -> str:
         """Path of a console script installed next to the running Python."""
@@ -75,6 +77,7 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
     grpc_ingest = f"{HOST}:{p['ingest_grpc']}"
     http_ingest = f"http://{HOST}:{p['ingest_http']}"
     grpc_dlq = f"{HOST}:{p['dlq_grpc']}"
+    dlq_token = {"RELAYQ_DLQ_ADMIN_TOKEN": ctx.dlq_admin_token} if ctx.dlq_admin_token else {}
     metrics = f"http://{HOST}:{p['metrics']}"
     flower = f"http://{HOST}:{p['flower']}"
     specs = [
@@ -96,7 +99,12 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
             name="dlq",
             group="dlq",
             argv=(ctx.script("relayq-dlq"),),
-            env={**env, "RELAYQ_DLQ_HOST": HOST, "RELAYQ_DLQ_GRPC_PORT": str(p["dlq_grpc"])},
+            env={
+                **env,
+                "RELAYQ_DLQ_HOST": HOST,
+                "RELAYQ_DLQ_GRPC_PORT": str(p["dlq_grpc"]),
+                **dlq_token,
+            },
             health=GrpcHealth(grpc_dlq),
             endpoint=grpc_dlq,
             port=p["dlq_grpc"],
@@ -164,6 +172,9 @@ def stack_env(ctx: ServiceContext, groups: set[str]) -> dict[str, str]:
         env["RELAYQ_INGEST_HTTP"] = f"http://{HOST}:{p['ingest_http']}"
     if "dlq" in groups:
         env["RELAYQ_DLQ_GRPC"] = f"{HOST}:{p['dlq_grpc']}"
+        if ctx.dlq_admin_token:
+            # dlq-tool reads it from the environment: `set -a; . .relayq/stack.env; set +a`.
+            env["RELAYQ_DLQ_ADMIN_TOKEN"] = ctx.dlq_admin_token
     env["RELAYQ_REDIS_URL"] = ctx.redis_url
     env["RELAYQ_DATABASE_URL"] = ctx.database_url
     if "flower" in groups:

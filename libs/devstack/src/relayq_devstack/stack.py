@@ -6,6 +6,8 @@ work from any other process, even after an ``up`` that crashed half-way.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +61,8 @@ ENV_HEADER = (
     "Load it into a shell with: set -a; . {path}; set +a"
 )
 _POLL = 0.25
+# dlq-svc's admin token lives in the state directory, so it stays the same across restarts.
+DLQ_TOKEN_FILE = "dlq-admin-token"
 
 
 class StackError(RuntimeError):
@@ -100,6 +104,23 @@ def _resolve_ports(config: StackConfig, groups: set[str]) -> tuple[dict[str, int
             if moved:
                 notes.append(f"port {wanted} ({name}) is busy: using {ports[name]} instead")
     return ports, notes
+
+
+def dlq_admin_token(paths: StatePaths) -> str:
+    """The stack's dlq-svc admin token: made once per state directory (a private file), then
+    reused, so `up --restart` and `down`/`up` keep it. Delete the file to get a new one."""
+    path = paths.root / DLQ_TOKEN_FILE
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = secrets.token_urlsafe(32)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(token + "\n")
+    return token
 
 
 def _run_to_completion(proc: ServiceProcess, deadline: float) -> None:
@@ -242,6 +263,7 @@ class Stack:
             ports=ports,
             workers=self.config.workers,
             concurrency=self.config.concurrency,
+            dlq_admin_token="" if "dlq" in self.config.skip else dlq_admin_token(self.paths),
         )
         specs = [s for s in self.services(ctx) if s.group not in self.config.skip]
         missing = sorted({s.argv[0] for s in specs if not Path(s.argv[0]).exists()})
@@ -269,6 +291,7 @@ class Stack:
         self.state.env = stack_env(ctx, {s.group for s in specs})
         header = ENV_HEADER.format(path=self.paths.stack_env)
         write_env(self.paths.stack_env, self.state.env, header=header)
+        os.chmod(self.paths.stack_env, 0o600)  # it holds dlq-svc's admin token
         self.state.phase = "up"
         self.state.save(self.paths)
         log.info("stack_up", state_dir=str(self.paths.root), services=[s.name for s in specs])

@@ -1,0 +1,169 @@
+"""One trace follows a job across ingest, the worker and dlq-svc (real processes, real OTLP).
+
+The test runs its own OTLP/gRPC receiver; ingest-svc, a worker and dlq-svc run as subprocesses
+exporting to it through the standard OTEL_* variables, on a Redis database of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import struct_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, ingest_pb2, ingest_pb2_grpc, job_pb2
+from relayq_devstack.health import celery_workers_ready, grpc_healthy
+from relayq_devstack.ports import free_port
+from relayq_devstack.process import ServiceProcess
+from relayq_devstack.redis import RedisServer
+from tests.conftest import BIN, REPO, service_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver that keeps (service, trace id, span name) of every span."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str]] = []
+
+    async def Export(  # noqa: N802
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            service = next(
+                (
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                ),
+                "?",
+            )
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    self.spans.append((service, span.trace_id.hex(), span.name))
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    servicer = Receiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield servicer, port
+    await server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def traced_stack(
+    receiver: tuple[Receiver, int],
+    database_url: str,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, str]]:
+    """ingest, one worker and dlq-svc exporting spans, on Redis database 3."""
+    logs = tmp_path_factory.mktemp("traced")
+    broker = redis_server.url.rsplit("/", 1)[0] + "/3"
+    ports = {"grpc": free_port(), "http": free_port(), "dlq": free_port()}
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver[1]}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    env = service_env(database_url, broker, **otel)
+    procs: list[ServiceProcess] = []
+
+    def start(name: str, script: str, **extra: str) -> ServiceProcess:
+        proc = ServiceProcess(
+            name,
+            [str(BIN / script)],
+            log_path=Path(logs) / f"{name}.log",
+            env={**env, **extra},
+            inherit_env=False,
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        dlq = start("dlq", "relayq-dlq", RELAYQ_DLQ_GRPC_PORT=str(ports["dlq"]))
+        ingest = start(
+            "ingest",
+            "relayq-ingest",
+            RELAYQ_INGEST_GRPC_PORT=str(ports["grpc"]),
+            RELAYQ_INGEST_HTTP_PORT=str(ports["http"]),
+        )
+        worker = start(
+            "worker",
+            "relayq-worker",
+            RELAYQ_WORKER_CONCURRENCY="1",
+            RELAYQ_WORKER_NODE_NAME="traced@%h",
+            RELAYQ_DLQ_GRPC=f"127.0.0.1:{ports['dlq']}",
+            RELAYQ_RETRY_POLICY=str(REPO / "tests" / "data" / "retry-fast.toml"),
+        )
+        dlq.wait_healthy(lambda: grpc_healthy(f"127.0.0.1:{ports['dlq']}"), timeout=30)
+        ingest.wait_healthy(lambda: grpc_healthy(f"127.0.0.1:{ports['grpc']}"), timeout=30)
+        worker.wait_healthy(
+            lambda: celery_workers_ready(broker, 1, name_prefix="traced@"), timeout=60
+        )
+        yield {"ingest": f"127.0.0.1:{ports['grpc']}", "dlq": f"127.0.0.1:{ports['dlq']}"}
+    finally:
+        for proc in reversed(procs):
+            proc.stop(timeout=10)
+
+
+async def test_one_trace_from_submit_through_retries_to_the_dlq(
+    receiver: tuple[Receiver, int], traced_stack: dict[str, str]
+) -> None:
+    spans = receiver[0].spans
+    payload = struct_pb2.Struct()
+    payload.update({"permanent": False, "message": "traced failure"})
+    async with grpc.aio.insecure_channel(traced_stack["ingest"]) as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        reply = await stub.SubmitJob(ingest_pb2.SubmitJobRequest(task="demo.fail", payload=payload))
+        deadline = time.monotonic() + 60
+        while True:
+            job = (await stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
+            if job.state == job_pb2.JOB_STATE_DEAD_LETTERED:
+                break
+            assert time.monotonic() < deadline, job
+            await asyncio.sleep(0.1)
+    assert len(job.trace_id) == 32
+    async with grpc.aio.insecure_channel(traced_stack["dlq"]) as ch:
+        entry = (
+            await dead_letter_pb2_grpc.DeadLetterServiceStub(ch).GetDeadLetter(
+                dead_letter_pb2.GetDeadLetterRequest(id=reply.job_id)
+            )
+        ).dead_letter
+    assert entry.trace_id == job.trace_id
+
+    deadline = time.monotonic() + 20
+    while True:  # spans arrive in batches
+        by_service: dict[str, list[str]] = defaultdict(list)
+        for service, trace_id, name in spans:
+            if trace_id == job.trace_id:
+                by_service[service].append(name)
+        runs = [n for n in by_service["worker-svc"] if n.startswith("run/")]
+        if {"ingest-svc", "worker-svc", "dlq-svc"} <= set(by_service) and len(
+            runs
+        ) >= job.attempt_count:
+            break
+        assert time.monotonic() < deadline, dict(by_service)
+        await asyncio.sleep(0.2)
+    assert any("SubmitJob" in n for n in by_service["ingest-svc"])
+    assert any(n.startswith("apply_async/") for n in by_service["ingest-svc"])
+    # every attempt is a span of the same trace: each retry is published from inside the
+    # attempt before it
+    assert job.attempt_count == 5 and len(runs) >= 5
+    assert by_service["worker-svc"].count("apply_async/demo.fail") >= 4
+    assert any("ReportDeadLetter" in n for n in by_service["worker-svc"])
+    assert any("ReportDeadLetter" in n for n in by_service["dlq-svc"])
