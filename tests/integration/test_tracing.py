@@ -57,7 +57,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
     servicer = Receiver()
     server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield servicer, port
