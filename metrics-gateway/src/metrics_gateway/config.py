@@ -15,3 +15,9 @@ class GatewaySettings(CommonSettings):
 
     host: str = Field("127.0.0.1")
     port: int = Field(9100, ge=0, le=65535)
+    dlq_grpc: str = Field(
+        "127.0.0.1:50052", validation_alias="RELAYQ_DLQ_GRPC", description="dlq-svc address"
+    )
+    source_timeout_seconds: float = Field(
+        2.0, gt=0, description="Longest a scrape waits for one source"
+    )

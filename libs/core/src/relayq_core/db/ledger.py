@@ -174,6 +174,11 @@ class JobLedger:
             for r in rows
         ]
 
+    async def oldest_queued(self, db: Executor, queue: str) -> datetime | None:
+        """When the oldest job waiting in ``queue`` entered it, or None."""
+        row = await db.fetchrow(_Q["oldest_queued"], queue)
+        return None if row is None else row["since"]
+
     async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
         """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
         if job_ids:

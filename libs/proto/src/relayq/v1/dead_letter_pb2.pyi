@@ -419,6 +419,7 @@ class GetDeadLetterStatsResponse(_message.Message):
     BY_STATUS_FIELD_NUMBER: _builtins.int
     OLDEST_ACTIVE_AT_FIELD_NUMBER: _builtins.int
     OLDEST_ACTIVE_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_BY_TASK_REASON_FIELD_NUMBER: _builtins.int
     active: _builtins.int
     oldest_active_id: _builtins.str
     @_builtins.property
@@ -433,6 +434,10 @@ class GetDeadLetterStatsResponse(_message.Message):
     def oldest_active_at(self) -> _timestamp_pb2.Timestamp:
         """Unset when nothing is active."""
 
+    @_builtins.property
+    def active_by_task_reason(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskReasonCount]:
+        """Active entries by (task, reason): what the relayq_dlq_depth gauge shows."""
+
     def __init__(
         self,
         *,
@@ -442,14 +447,40 @@ class GetDeadLetterStatsResponse(_message.Message):
         by_status: _abc.Iterable[Global___Count] | None = ...,
         oldest_active_at: _timestamp_pb2.Timestamp | None = ...,
         oldest_active_id: _builtins.str = ...,
+        active_by_task_reason: _abc.Iterable[Global___TaskReasonCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_active_at", b"oldest_active_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "by_reason", b"by_reason", "by_status", b"by_status", "by_task", b"by_task", "oldest_active_at", b"oldest_active_at", "oldest_active_id", b"oldest_active_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "active_by_task_reason", b"active_by_task_reason", "by_reason", b"by_reason", "by_status", b"by_status", "by_task", b"by_task", "oldest_active_at", b"oldest_active_at", "oldest_active_id", b"oldest_active_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDeadLetterStatsResponse: _TypeAlias = GetDeadLetterStatsResponse  # noqa: Y015
+
+@_typing.final
+class TaskReasonCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    reason: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        task: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "reason", b"reason", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskReasonCount: _TypeAlias = TaskReasonCount  # noqa: Y015
 
 @_typing.final
 class ReplayDeadLettersRequest(_message.Message):

@@ -127,3 +127,9 @@ SET state = 'queued', enqueued_at = NULL, next_attempt_at = NULL, finished_at = 
     worker_losses = 0, pending_dead_letter = NULL, updated_at = now()
 WHERE job_id = ANY($1::text[]) AND state IN ('dead_lettered', 'queued')
 RETURNING job_id, idempotency_key, task, queue, payload, trace_id;
+
+-- name: oldest_queued
+-- When the oldest job still waiting in queue $1 entered it (NULL: none waiting). One probe of
+-- relayq_jobs_queued_since.
+SELECT min(enqueued_at) AS since FROM relayq_jobs
+WHERE queue = $1 AND state = 'queued' AND enqueued_at IS NOT NULL;

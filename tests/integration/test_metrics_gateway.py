@@ -1,0 +1,107 @@
+"""The metrics gateway against the real broker, ledger and dlq-svc."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
+from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, ingest_pb2
+from relayq_devstack.health import http_ok
+from relayq_devstack.ports import free_port
+from relayq_devstack.process import ServiceProcess
+from tests.conftest import BIN, DlqServer, Ingest, service_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    database_url: str,
+    quiet_broker_url: str,
+    dlq_server: DlqServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """relayq-metrics-gateway over the broker database no worker consumes."""
+    port = free_port()
+    proc = ServiceProcess(
+        "gateway",
+        [str(BIN / "relayq-metrics-gateway")],
+        log_path=Path(tmp_path_factory.mktemp("gateway")) / "gateway.log",
+        env=service_env(
+            database_url,
+            quiet_broker_url,
+            RELAYQ_METRICS_PORT=str(port),
+            RELAYQ_DLQ_GRPC=dlq_server.address,
+        ),
+        inherit_env=False,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_healthy(lambda: http_ok(f"{url}/healthz"), timeout=30)
+        yield url
+    finally:
+        proc.stop(timeout=10)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_queue_depth_oldest_age_and_dlq_depth(
+    gateway: str, ingest: Ingest, dlq_server: DlqServer
+) -> None:
+    payload = struct_pb2.Struct()
+    payload.update({"gateway": True})
+    await ingest.stub.SubmitJob(ingest_pb2.SubmitJobRequest(task="demo.echo", payload=payload))
+    await asyncio.sleep(1.1)
+    task = f"demo.gw{uuid.uuid4().hex[:6]}"
+    async with grpc.aio.insecure_channel(dlq_server.address) as ch:
+        stub = dead_letter_pb2_grpc.DeadLetterServiceStub(ch)
+        for n in range(3):
+            await stub.ReportDeadLetter(
+                dead_letter_pb2.ReportDeadLetterRequest(
+                    job_id=f"gw-{uuid.uuid4()}",
+                    idempotency_key=f"gw-key-{n}",
+                    task=task,
+                    queue="default",
+                    reason="permanent_error",
+                    error_type="E",
+                    error_message="x",
+                    final_attempt=1,
+                )
+            )
+    t0 = time.monotonic()
+    samples = await asyncio.to_thread(scrape, gateway)
+    elapsed = time.monotonic() - t0
+    depth = samples[("relayq_queue_depth", (("queue", "default"),))]
+    assert depth >= 1  # nothing consumes this broker database
+    assert samples[("relayq_queue_oldest_job_age_seconds", (("queue", "default"),))] >= 1.0
+    assert samples[("relayq_dlq_depth", (("reason", "permanent_error"), ("task", task)))] == 3
+    assert samples[("relayq_gateway_source_errors_total", (("source", "dlq"),))] == 0
+    assert elapsed < 2.0
+
+
+async def test_a_source_down_leaves_the_others_served(gateway: str, dlq_server: DlqServer) -> None:
+    dlq_server.stop()
+    try:
+        samples = await asyncio.to_thread(scrape, gateway)
+    finally:
+        dlq_server.start()
+    assert ("relayq_queue_depth", (("queue", "default"),)) in samples
+    assert not any(name == "relayq_dlq_depth" for name, _ in samples)
+    assert samples[("relayq_gateway_source_errors_total", (("source", "dlq"),))] >= 1
