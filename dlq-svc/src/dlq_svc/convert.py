@@ -154,6 +154,10 @@ def stats_to_proto(stats: Stats) -> dead_letter_pb2.GetDeadLetterStatsResponse:
         by_status=counts(stats.by_status),
         oldest_active_at=_ts(stats.oldest_active_at),
         oldest_active_id=stats.oldest_active_id,
+        active_by_task_reason=[
+            dead_letter_pb2.TaskReasonCount(task=t, reason=r, count=n)
+            for t, r, n in stats.by_task_reason
+        ],
     )
 
 

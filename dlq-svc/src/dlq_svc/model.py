@@ -155,6 +155,7 @@ class Stats:
     by_status: list[tuple[str, int]]
     oldest_active_at: datetime | None
     oldest_active_id: str
+    by_task_reason: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

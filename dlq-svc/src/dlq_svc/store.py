@@ -348,6 +348,10 @@ class PostgresStore:
                     (r["key"], int(r["count"]))
                     for r in await conn.fetch(_Q["stats_active_by_reason"])
                 ]
+                by_task_reason = [
+                    (r["task"], r["reason"], int(r["count"]))
+                    for r in await conn.fetch(_Q["stats_active_by_task_reason"])
+                ]
                 oldest = await conn.fetchrow(_Q["oldest_active"])
         return Stats(
             active=by_status.get(Status.ACTIVE, 0),
@@ -357,6 +361,7 @@ class PostgresStore:
             by_status=[(s.value, by_status.get(s.value, 0)) for s in Status],
             oldest_active_at=oldest["dead_lettered_at"] if oldest else None,
             oldest_active_id=oldest["job_id"] if oldest else "",
+            by_task_reason=by_task_reason,
         )
 
     async def select(self, filter: Filter) -> list[EntryRef]:

@@ -92,6 +92,11 @@ GROUP BY task ORDER BY count(*) DESC, task;
 SELECT reason AS key, count(*) AS count FROM dlq_entries WHERE status = 'active'
 GROUP BY reason ORDER BY count(*) DESC, reason;
 
+-- name: stats_active_by_task_reason
+-- The relayq_dlq_depth{task,reason} gauge (metrics-gateway).
+SELECT task, reason, count(*) AS count FROM dlq_entries WHERE status = 'active'
+GROUP BY task, reason ORDER BY task, reason;
+
 -- name: oldest_active
 SELECT job_id, dead_lettered_at FROM dlq_entries WHERE status = 'active'
 ORDER BY dead_lettered_at, job_id LIMIT 1;
