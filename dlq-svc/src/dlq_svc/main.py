@@ -16,6 +16,7 @@ import grpc
 from dlq_svc.auth import AdminTokenInterceptor
 from dlq_svc.config import DlqSettings
 from dlq_svc.grpc_api import DeadLetterServicer, registration
+from dlq_svc.metrics import serve as serve_metrics
 from dlq_svc.replay import Replayer
 from dlq_svc.service import DeadLetters
 from dlq_svc.store import PostgresStore
@@ -84,6 +85,8 @@ async def serve(settings: DlqSettings) -> None:
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     publisher = Publisher(settings.redis_url, catalog.default_queue)
     running = await start(build_servicer(pool, publisher, settings), settings)
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port, settings.metrics_host)
     log.info(
         "dlq_started",
         grpc_port=running.port,

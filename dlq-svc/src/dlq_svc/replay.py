@@ -31,6 +31,7 @@ from pathlib import Path
 
 import asyncpg
 
+from dlq_svc.metrics import REPLAYS, replay_outcome
 from dlq_svc.model import EntryRef, ReplayProgress, Selection, Status
 from dlq_svc.store import Store, unavailable_on_db_errors
 from relayq_core.db.ledger import Executor, JobLedger
@@ -148,6 +149,9 @@ class Replayer:
                             "again once it is back"
                         ) from exc
             counts["replayed" if result in (REPLAYED, WOULD_REPLAY) else "skipped"] += 1
+            if not dry_run:
+                task = ref.task if ref is not None else "unknown"
+                REPLAYS.labels(task=task, outcome=replay_outcome(result)).inc()
             yield ReplayProgress(job_id=job_id, result=result, done=done, total=total)
         log.info("dead_letter_replay_finished", total=total, dry_run=dry_run, **counts)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+from dlq_svc.metrics import DROPS, REPORTS
 from dlq_svc.model import (
     Cursor,
     DeadLetter,
@@ -45,6 +46,8 @@ class DeadLetters:
     async def report(self, report: DeadLetterReport) -> ReportOutcome:
         """Stores a worker's report (idempotent on job and final attempt)."""
         outcome = await self._store.report(report)
+        if not outcome.duplicate:
+            REPORTS.labels(task=report.task, reason=report.reason.value).inc()
         with job_context(report.job_id, report.idempotency_key, task=report.task):
             log.info(
                 "dead_letter_report_duplicate" if outcome.duplicate else "dead_letter_reported",
@@ -106,6 +109,7 @@ class DeadLetters:
         # In the selection's order (ids as given, a filter oldest first), not the database's.
         dropped = [r for r in refs if r.job_id in done]
         for ref in dropped:
+            DROPS.labels(task=ref.task).inc()
             with job_context(ref.job_id, ref.idempotency_key, task=ref.task):
                 log.info("dead_letter_dropped", actor=actor, reason=reason)
         return dropped
