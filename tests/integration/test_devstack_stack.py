@@ -17,7 +17,7 @@ import pytest
 from relayq_devstack.config import StackConfig
 from relayq_devstack.envfile import read_env
 from relayq_devstack.services import ServiceContext, ServiceSpec, relayq_services
-from relayq_devstack.stack import Stack, StackError, down, status, up
+from relayq_devstack.stack import Stack, StackError, dlq_admin_token, down, status, up
 from relayq_devstack.state import StackState, StatePaths
 
 pytestmark = pytest.mark.integration
@@ -127,12 +127,14 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "RELAYQ_INGEST_GRPC",
             "RELAYQ_INGEST_HTTP",
             "RELAYQ_DLQ_GRPC",
+            "RELAYQ_DLQ_ADMIN_TOKEN",
             "RELAYQ_REDIS_URL",
             "RELAYQ_DATABASE_URL",
             "RELAYQ_FLOWER_URL",
             "RELAYQ_METRICS_URL",
         }
         assert read_env(paths.stack_env) == info.env
+        assert info.env["RELAYQ_DLQ_ADMIN_TOKEN"] == dlq_admin_token(paths), "the stack's token"
         assert info.env["RELAYQ_INGEST_GRPC"] == f"127.0.0.1:{cfg.ports['ingest_grpc']}"
         assert (paths.logs / "worker2.log").read_text().count("worker2@") >= 1
         assert (paths.logs / "migrate.log").exists()
