@@ -42,11 +42,18 @@ def read_env(path: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs if not k.startswith("#")}
 
 
+SLOW_FIRST = 4  # long jobs submitted first: in flight when a worker is killed
+
+
 def job(i: int, run: str, failures: bool) -> ingest_pb2.SubmitJobRequest:
-    """The demo's mix: 1 in 25 flaky (2 planned failures), 1 in 200 failing for good."""
+    """The demo's mix: 1 in 25 flaky (2 planned failures), 1 in 200 failing for good, and a
+    few long jobs first, so that killing a worker hits jobs in flight."""
     payload = struct_pb2.Struct()
     task = "demo.echo"
-    if failures and i % 200 == 199:
+    if i < SLOW_FIRST:
+        task = "demo.slow"
+        payload.update({"ms": 3000})
+    elif failures and i % 200 == 199:
         task = "demo.fail"
         payload.update({"permanent": True, "message": f"card declined for order {i}"})
     elif failures and i % 25 == 24:
@@ -67,16 +74,16 @@ def bar(done: int, total: int, width: int = 40) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
 
 
-def kill_a_worker_process(state_dir: Path) -> str:
-    """SIGKILLs one busy-looking pool process of the first worker node; what it did, in words."""
+def kill_a_worker(state_dir: Path) -> str:
+    """SIGKILLs every pool process of the first worker node (jobs in flight die with them; the
+    node starts new ones); what it did, in words."""
     stack = json.loads((state_dir / "stack.json").read_text())
     node = next(c for c in stack["components"] if c["name"].startswith("worker"))
     children = psutil.Process(node["pid"]).children()
-    if not children:
-        return "no worker pool process found to kill"
-    victim = max(children, key=lambda p: p.cpu_times().user)
-    os.kill(victim.pid, signal.SIGKILL)
-    return f"killed pool process {victim.pid} of {node['name']} (pid {node['pid']}) with SIGKILL"
+    for child in children:
+        os.kill(child.pid, signal.SIGKILL)
+    pids = ", ".join(str(c.pid) for c in children) or "none found"
+    return f"killed the pool processes of {node['name']} with SIGKILL (pids {pids})"
 
 
 def dlq_tool(env: dict[str, str], *args: str) -> str:
@@ -139,9 +146,11 @@ async def run(args: argparse.Namespace) -> int:
                     final[r.job.job_id] = r.job
             pending = [j for j in pending if j not in final]
             print("\r   " + bar(len(final), len(ids)), end="", flush=True)
-            if not killed and len(final) >= len(ids) // 4:
-                killed = True
-                print(f"\n2. mid-run: {kill_a_worker_process(state_dir)}")
+            if not killed:
+                slow = await stub.GetJob(ingest_pb2.GetJobRequest(job_id=ids[0]))
+                if slow.job.state == job_pb2.JOB_STATE_RUNNING or time.monotonic() - t0 > 10:
+                    killed = True
+                    print(f"\n2. mid-run: {kill_a_worker(state_dir)}")
             if pending and not any(j in final for j in window):
                 await asyncio.sleep(0.2)
         print()

@@ -75,7 +75,13 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
             env=env,
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert "succeeded           300" in demo.stdout
+        # The storyboard: a worker process killed mid-run, nothing lost, a DLQ entry shown and
+        # replayed with dlq-tool.
+        assert "mid-run: killed pool process" in demo.stdout
+        assert "lost jobs             0" in demo.stdout
+        assert "dead-lettered         1" in demo.stdout
+        assert "$ dlq-tool show" in demo.stdout and "card declined" in demo.stdout
+        assert "$ dlq-tool replay" in demo.stdout
         assert "throughput" in demo.stdout
     finally:
         down = run(stack, "down", env=env)
