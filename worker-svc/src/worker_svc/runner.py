@@ -175,10 +175,10 @@ async def run_delivery(
     try:
         async with conn.transaction():
             result = await handler(ctx, delivery.payload)
-            await ledger.complete(conn, delivery.job_id, result)
-            await ledger.record_attempt(
+            await ledger.complete(
                 conn,
                 delivery.job_id,
+                result,
                 AttemptRecord(
                     claim.attempt,
                     delivery.worker,

@@ -258,9 +258,19 @@ class JobLedger:
         """dlq-svc has the dead letter: the job is dead-lettered now."""
         await db.execute(_Q["mark_dead_lettered"], job_id)
 
-    async def complete(self, db: Executor, job_id: str, result: Any) -> None:
-        """Records success and the handler's result."""
-        await db.execute(_Q["complete"], job_id, result)
+    async def complete(
+        self, db: Executor, job_id: str, result: Any, attempt: AttemptRecord
+    ) -> None:
+        """Records success, the handler's result and the succeeding attempt."""
+        await db.execute(
+            _Q["complete"],
+            job_id,
+            result,
+            attempt.number,
+            attempt.worker,
+            attempt.started_at,
+            attempt.duration_seconds,
+        )
 
     async def fail(
         self,

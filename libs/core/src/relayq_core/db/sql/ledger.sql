@@ -97,10 +97,20 @@ SET state = 'dead_lettered', pending_dead_letter = NULL, finished_at = now(), up
 WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
 
 -- name: complete
-UPDATE relayq_jobs
-SET state = 'succeeded', result = $2, last_error = NULL, updated_at = now(), finished_at = now(),
-    next_attempt_at = NULL
-WHERE job_id = $1;
+-- Success and its attempt in one statement (one round trip inside the outcome transaction).
+WITH done AS (
+    UPDATE relayq_jobs
+    SET state = 'succeeded', result = $2, last_error = NULL, updated_at = now(),
+        finished_at = now(), next_attempt_at = NULL
+    WHERE job_id = $1
+    RETURNING job_id
+)
+INSERT INTO relayq_job_attempts (job_id, number, worker, started_at, duration_seconds, outcome)
+SELECT job_id, $3, $4, $5, $6, 'succeeded' FROM done
+ON CONFLICT (job_id, number) DO UPDATE
+SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
+    duration_seconds = EXCLUDED.duration_seconds, outcome = EXCLUDED.outcome,
+    error_type = '', error_message = '', countdown_seconds = 0;
 
 -- name: fail
 -- $2 is 'retrying' (with $4 the next attempt's time) or 'dead_lettered'.
