@@ -336,7 +336,11 @@ class PostgresStore:
 
     async def stats(self) -> Stats:
         with unavailable_on_db_errors():
-            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            # One snapshot: the counts add up even while reports arrive.
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
                 by_status = {
                     r["key"]: int(r["count"]) for r in await conn.fetch(_Q["stats_by_status"])
                 }
