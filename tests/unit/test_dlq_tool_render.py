@@ -240,6 +240,8 @@ def test_drop_and_purge_text() -> None:
     assert render.drop_text(dry, asked=None) == "Would drop 2 entries.\n  a\n  b"
     purge = dead_letter_pb2.PurgeDeadLettersResponse(count=4)
     assert render.purge_text(purge, 30) == "Purged 4 dropped entries older than 30 days."
+    assert render.purge_text(purge, 1).endswith("older than 1 day.")
+    assert render.format_days(0.5) == "0.5 days"
     assert render.message_dict(purge) == {"count": 4, "dry_run": False}
 
 

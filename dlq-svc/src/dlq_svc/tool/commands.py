@@ -314,7 +314,7 @@ def run_purge(
             return EXIT_OK
         question = (
             f"Purge {preview.count} dropped {render.plural(preview.count)} older than "
-            f"{days:g} days? They are deleted for good."
+            f"{render.format_days(days)}? They are deleted for good."
         )
         if not confirm(term, question):
             term.note("Nothing purged.")

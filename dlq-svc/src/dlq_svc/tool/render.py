@@ -97,6 +97,11 @@ def plural(count: int) -> str:
     return "entry" if count == 1 else "entries"
 
 
+def format_days(days: float) -> str:
+    """``1 day``, ``30 days``, ``0.5 days``."""
+    return f"{days:g} day" if days == 1 else f"{days:g} days"
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Columns padded to their widest cell (the last column is not padded)."""
     grid = [list(headers), *([one_line(cell) for cell in row] for row in rows)]
@@ -290,7 +295,7 @@ def drop_text(reply: dead_letter_pb2.DropDeadLettersResponse, *, asked: int | No
 def purge_text(reply: dead_letter_pb2.PurgeDeadLettersResponse, days: float) -> str:
     """The ``purge`` output."""
     verb = "Would purge" if reply.dry_run else "Purged"
-    return f"{verb} {reply.count} dropped {plural(reply.count)} older than {days:g} days."
+    return f"{verb} {reply.count} dropped {plural(reply.count)} older than {format_days(days)}."
 
 
 # -- JSON --------------------------------------------------------------------------------------
