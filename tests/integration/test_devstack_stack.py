@@ -7,6 +7,7 @@ environment variables, so this tests the stack's wiring, not the services.
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from relayq_devstack.config import StackConfig
 from relayq_devstack.envfile import read_env
+from relayq_devstack.prometheus import PrometheusClient, find_binary
 from relayq_devstack.services import ServiceContext, ServiceSpec, relayq_services
 from relayq_devstack.stack import Stack, StackError, dlq_admin_token, down, status, up
 from relayq_devstack.state import StackState, StatePaths
@@ -117,13 +119,17 @@ def cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# The stack runs Prometheus when the binary is installed; CI installs it (.ci/run).
+WITH_PROMETHEUS = find_binary() is not None or bool(os.environ.get("CI"))
+
+
 def test_up_status_env_down(tmp_path: Path) -> None:
     cfg = config(tmp_path, workers=2, timeout=60.0)
     paths = StatePaths(cfg.state_dir)
     stack = Stack(cfg, services=standin_services)
     try:
         info = stack.up()
-        assert set(info.env) == {
+        assert set(info.env) - {"RELAYQ_PROMETHEUS_URL"} == {
             "RELAYQ_INGEST_GRPC",
             "RELAYQ_INGEST_HTTP",
             "RELAYQ_DLQ_GRPC",
@@ -133,6 +139,7 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "RELAYQ_FLOWER_URL",
             "RELAYQ_METRICS_URL",
         }
+        assert ("RELAYQ_PROMETHEUS_URL" in info.env) == WITH_PROMETHEUS
         assert read_env(paths.stack_env) == info.env
         assert info.env["RELAYQ_DLQ_ADMIN_TOKEN"] == dlq_admin_token(paths), "the stack's token"
         assert info.env["RELAYQ_INGEST_GRPC"] == f"127.0.0.1:{cfg.ports['ingest_grpc']}"
@@ -151,7 +158,19 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "worker2",
             "metrics-gateway",
             "flower",
+            *(["prometheus"] if WITH_PROMETHEUS else []),
         ]
+        if WITH_PROMETHEUS:
+            # It scrapes every service group that serves metrics (stand-ins answer 404: down).
+            targets = PrometheusClient(info.env["RELAYQ_PROMETHEUS_URL"]).targets()
+            assert sorted(t["labels"]["job"] for t in targets) == [
+                "prometheus",
+                "relayq-dlq",
+                "relayq-ingest",
+                "relayq-metrics-gateway",
+                "relayq-worker",
+                "relayq-worker",
+            ]
 
         # From another process, as a developer would.
         shown = cli(cfg.state_dir, "status")

@@ -19,6 +19,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "dlq_grpc": 50052,
     "metrics": 9100,
     "flower": 5555,
+    "dlq_metrics": 9101,
+    "prometheus": 9090,
 }
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from relayq_devstack.health import AllOf, CeleryWorkers, GrpcHealth, HealthCheck, HttpOk
 
 HOST = "127.0.0.1"
+# Worker node i serves its metrics on this + i by default (moved when busy, like every port).
+WORKER_METRICS_BASE_PORT = 9200
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class ServiceContext:
             "RELAYQ_DATABASE_URL": self.database_url,
             "RELAYQ_REDIS_URL": self.redis_url,
             "RELAYQ_LOG_JSON": "true",
+            # Workers report dead letters there and the gateway reads DLQ depth from it; the
+            # port moves off its default when busy, so it is always passed (as in compose).
+            "RELAYQ_DLQ_GRPC": f"{HOST}:{self.ports['dlq_grpc']}",
             # Logs go to files: without this, Python buffers them and a crash loses the end.
             "PYTHONUNBUFFERED": "1",
         }
@@ -56,6 +61,10 @@ class ServiceSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     port: int | None = None
     stop_signal: int = signal.SIGTERM
+    # ``host:port`` serving Prometheus metrics at /metrics (the stack's Prometheus scrapes it).
+    metrics: str | None = None
+    # Files the process needs, written (path -> text) just before it starts.
+    files: Mapping[Path, str] = field(default_factory=dict)
 
 
 ServiceFactory = Callable[[ServiceContext], list[ServiceSpec]]
@@ -63,11 +72,17 @@ ServiceFactory = Callable[[ServiceContext], list[ServiceSpec]]
 # Which ports each group needs; only the ports of groups that run are resolved.
 PORTS_BY_GROUP: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest_grpc", "ingest_http"),
-    "dlq": ("dlq_grpc",),
-    "worker": (),
+    "dlq": ("dlq_grpc", "dlq_metrics"),
+    "worker": (),  # plus one metrics port per node: worker_metrics_ports()
     "metrics-gateway": ("metrics",),
     "flower": ("flower",),
+    "prometheus": ("prometheus",),
 }
+
+
+def worker_metrics_ports(workers: int) -> dict[str, int]:
+    """The preferred metrics port of each worker node, by port name (``worker1_metrics``...)."""
+    return {f"worker{i}_metrics": WORKER_METRICS_BASE_PORT + i for i in range(1, workers + 1)}
 
 
 def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
@@ -94,6 +109,7 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
             health=AllOf((GrpcHealth(grpc_ingest), HttpOk(f"{http_ingest}/healthz"))),
             endpoint=f"{grpc_ingest} {http_ingest}",
             port=p["ingest_grpc"],
+            metrics=f"{HOST}:{p['ingest_http']}",
         ),
         ServiceSpec(
             name="dlq",
@@ -103,14 +119,17 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
                 **env,
                 "RELAYQ_DLQ_HOST": HOST,
                 "RELAYQ_DLQ_GRPC_PORT": str(p["dlq_grpc"]),
+                "RELAYQ_DLQ_METRICS_PORT": str(p["dlq_metrics"]),
                 **dlq_token,
             },
             health=GrpcHealth(grpc_dlq),
             endpoint=grpc_dlq,
             port=p["dlq_grpc"],
+            metrics=f"{HOST}:{p['dlq_metrics']}",
         ),
     ]
     for i in range(1, ctx.workers + 1):
+        metrics_port = p.get(f"worker{i}_metrics", WORKER_METRICS_BASE_PORT + i)
         specs.append(
             ServiceSpec(
                 name=f"worker{i}",
@@ -121,9 +140,11 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
                     "RELAYQ_WORKER_CONCURRENCY": str(ctx.concurrency),
                     # Distinct node names: Celery warns about, and mis-routes replies to, twins.
                     "RELAYQ_WORKER_NODE_NAME": f"worker{i}@%h",
+                    "RELAYQ_WORKER_METRICS_PORT": str(metrics_port),
                 },
                 health=CeleryWorkers(ctx.redis_url, 1, name_prefix=f"worker{i}@"),
                 endpoint=f"worker{i}@ (concurrency {ctx.concurrency})",
+                metrics=f"{HOST}:{metrics_port}",
             )
         )
     specs += [
@@ -135,6 +156,7 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
             health=HttpOk(f"{metrics}/healthz"),
             endpoint=metrics,
             port=p["metrics"],
+            metrics=f"{HOST}:{p['metrics']}",
         ),
         ServiceSpec(
             name="flower",
@@ -181,4 +203,6 @@ def stack_env(ctx: ServiceContext, groups: set[str]) -> dict[str, str]:
         env["RELAYQ_FLOWER_URL"] = f"http://{HOST}:{p['flower']}"
     if "metrics-gateway" in groups:
         env["RELAYQ_METRICS_URL"] = f"http://{HOST}:{p['metrics']}"
+    if "prometheus" in groups:
+        env["RELAYQ_PROMETHEUS_URL"] = f"http://{HOST}:{p['prometheus']}"
     return env

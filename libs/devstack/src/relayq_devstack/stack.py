@@ -30,6 +30,7 @@ from relayq_devstack.health import (
 from relayq_devstack.ports import pick_port, port_is_free
 from relayq_devstack.postgres import PostgresServer, start_postgres
 from relayq_devstack.process import ProcessFailed, ServiceProcess, Stoppable, stop_all
+from relayq_devstack.prometheus import prometheus_service
 from relayq_devstack.redis import RedisServer, start_redis
 from relayq_devstack.services import (
     PORTS_BY_GROUP,
@@ -39,6 +40,7 @@ from relayq_devstack.services import (
     migrate_argv,
     relayq_services,
     stack_env,
+    worker_metrics_ports,
 )
 from relayq_devstack.state import Component, StackState, StatePaths
 from relayq_devstack.status import ComponentStatus, StackStatus, status
@@ -92,9 +94,11 @@ def _resolve_ports(config: StackConfig, groups: set[str]) -> tuple[dict[str, int
     """Every port, checked (and moved if a busy default) for the groups that will run."""
     ports: dict[str, int] = dict(config.ports)
     notes: list[str] = []
+    per_node = worker_metrics_ports(config.workers)
     for group in sorted(groups):
-        for name in PORTS_BY_GROUP.get(group, ()):
-            wanted = config.ports[name]
+        names = [*PORTS_BY_GROUP.get(group, ()), *(per_node if group == "worker" else ())]
+        for name in names:
+            wanted = config.ports.get(name) or per_node[name]
             if name in config.explicit_ports:
                 if not port_is_free(wanted):
                     raise StackError(f"port {wanted} ({name}) was asked for but is busy")
@@ -266,6 +270,14 @@ class Stack:
             dlq_admin_token="" if "dlq" in self.config.skip else dlq_admin_token(self.paths),
         )
         specs = [s for s in self.services(ctx) if s.group not in self.config.skip]
+        if "prometheus" not in self.config.skip:
+            prometheus = prometheus_service(ctx, specs, self.paths.root / "prometheus")
+            if prometheus is None:
+                self.state.notes.append(
+                    "prometheus is not installed (apt-get install prometheus): not started"
+                )
+            else:
+                specs.append(prometheus)
         missing = sorted({s.argv[0] for s in specs if not Path(s.argv[0]).exists()})
         if self.migrate and not Path(migrate_argv(ctx)[0]).exists():
             missing.insert(0, migrate_argv(ctx)[0])
@@ -298,6 +310,9 @@ class Stack:
         return StackInfo(self.paths.root, dict(self.state.env), self.state.components, notes)
 
     def _start_service(self, spec: ServiceSpec) -> None:
+        for path, text in spec.files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
         proc = ServiceProcess(
             spec.name,
             spec.argv,
