@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from relayq.v1 import dead_letter_pb2 as pb
 from relayq.v1 import dead_letter_pb2_grpc
 from relayq_core.catalog import Catalog
 from relayq_core.db.ledger import JobLedger, create_pool
-from relayq_core.jobs import JobSpec, JobState
+from relayq_core.jobs import AttemptRecord, JobSpec, JobState
 from relayq_core.publish import Publisher
 from relayq_devstack.redis import start_redis
 from tests.conftest import broker_messages
@@ -196,7 +197,9 @@ async def test_a_job_that_already_succeeded_is_skipped(dlq: Dlq) -> None:
     q = queue()
     job_id = f"job-{uuid.uuid4()}"
     await LEDGER.insert_jobs(dlq.pool, [JobSpec(job_id, job_id, "demo.echo", q, {})])
-    await LEDGER.complete(dlq.pool, job_id, {"ok": True})
+    await LEDGER.complete(
+        dlq.pool, job_id, {"ok": True}, AttemptRecord(1, "w", datetime.now(UTC), 0.01, "succeeded")
+    )
     await dlq.stub.ReportDeadLetter(report_request(job_id, queue=q))
 
     dry = await dlq.replay(ids=[job_id], dry_run=True)

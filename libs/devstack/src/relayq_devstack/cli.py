@@ -89,7 +89,8 @@ def _print_info(info: StackInfo) -> None:
     rows += [(c.name, str(c.pid) if c.pid else "external", c.endpoint) for c in info.components]
     _print_table(rows)
     print(f"\nEnvironment ({StatePaths(info.state_dir).stack_env}):")
-    _print_table([(k, v) for k, v in info.env.items()])
+    # Secrets stay in the file (mode 0600); the terminal (and CI logs) only see that they exist.
+    _print_table([(k, "*** (in the file)" if "TOKEN" in k else v) for k, v in info.env.items()])
     for note in info.notes:
         print(f"note: {note}")
     print(f"\nLogs: {StatePaths(info.state_dir).logs}/")
