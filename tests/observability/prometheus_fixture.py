@@ -1,0 +1,171 @@
+"""Prometheus for tests: find the tools, start a real server, scale the alert rules' windows.
+
+The server itself is :mod:`relayq_devstack.prometheus` (the local stack runs the same code); this
+module adds what only tests need:
+
+- :func:`require_tool`: ``prometheus`` / ``promtool``, failing in CI and skipping elsewhere when
+  missing (``.ci/run`` installs Debian's ``prometheus`` package, which ships both);
+- :func:`scaled_rules`: the committed rule files with every ``for:`` and every PromQL range,
+  subquery and offset multiplied by a factor, so that an alert that needs 15 minutes in
+  production fires in seconds against a Prometheus that scrapes and evaluates every second.
+
+A time-scaled alert test, for example::
+
+    rules = scaled_rules(RULE_FILES, tmp_path / "rules", factor=1 / 60, min_range=4.0,
+                         substitute={"queue:relayq_queue_depth:max > 1000":
+                                     "queue:relayq_queue_depth:max > 20"})
+    server = start_prometheus(tmp_path / "prom", jobs, rules=rules, interval=1.0)
+    server.client.wait_for(lambda c: c.firing("QueueDepthGrowing"), timeout=40)
+
+Factor 1/60 turns minutes into seconds: ``for: 15m`` becomes 15 s, ``deriv(...[10m])`` a 10 s
+window. Numbers inside expressions (thresholds such as ``> 1000`` jobs or ``> 600`` seconds of
+age) are not durations and are left alone: ``substitute`` replaces exact text, and fails if that
+text is not found, so a rule change cannot silently turn a test into a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from relayq_core.settings import repo_root
+from relayq_devstack.prometheus import find_binary
+
+REPO = repo_root()
+PROMETHEUS_DIR = REPO / "observability" / "prometheus"
+RULES_DIR = PROMETHEUS_DIR / "rules"
+RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
+RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_UNITS_MS["y"] = 365 * _UNITS_MS["d"]
+_DURATION = r"(?:\d+(?:ms|[smhdwy]))+"
+_DURATION_PART = re.compile(r"(\d+)(ms|[smhdwy])")
+# A range selector or subquery: [5m], [30m:1m], [30m:].
+_RANGE = re.compile(rf"\[\s*({_DURATION})\s*(?::\s*({_DURATION})?\s*)?\]")
+_OFFSET = re.compile(rf"\b(offset\s+-?)({_DURATION})\b")
+# String literals are copied untouched ("[0-9]m" in a regex matcher is not a duration).
+_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|`[^`]*`")
+
+
+def require_tool(name: str) -> Path:
+    """The path of ``name`` (``prometheus`` or ``promtool``). Missing: the test fails in CI
+    (``$CI`` set) and is skipped elsewhere, with how to install it."""
+    found = find_binary(name)
+    if found is not None:
+        return found
+    message = f"{name} is not installed: apt-get install -y --no-install-recommends prometheus"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (.ci/run installs it)")
+    pytest.skip(message)
+
+
+def parse_duration(text: str) -> float:
+    """A Prometheus duration (``1h30m``, ``500ms``) in seconds."""
+    if not re.fullmatch(_DURATION, text):
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(n) * _UNITS_MS[unit] for n, unit in _DURATION_PART.findall(text)) / 1000
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a Prometheus duration in whole milliseconds (at least 1ms)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def scale_duration(text: str, factor: float, floor: float = 0.0) -> str:
+    """``text`` times ``factor``, never below ``floor`` seconds."""
+    return format_duration(max(parse_duration(text) * factor, floor))
+
+
+def scale_expr(expr: str, factor: float, min_range: float = 0.0) -> str:
+    """``expr`` with its ranges, subquery steps and offsets scaled; ranges (and subquery
+    steps) never below ``min_range`` seconds, so that a rate still sees two samples."""
+
+    def scale_range(match: re.Match[str]) -> str:
+        window = scale_duration(match.group(1), factor, min_range)
+        if ":" not in match.group(0):
+            return f"[{window}]"
+        step = match.group(2)
+        return f"[{window}:{scale_duration(step, factor) if step else ''}]"
+
+    def scale_code(code: str) -> str:
+        code = _RANGE.sub(scale_range, code)
+        return _OFFSET.sub(lambda m: m.group(1) + scale_duration(m.group(2), factor), code)
+
+    out: list[str] = []
+    last = 0
+    for literal in _STRING.finditer(expr):
+        out.append(scale_code(expr[last : literal.start()]))
+        out.append(literal.group(0))
+        last = literal.end()
+    out.append(scale_code(expr[last:]))
+    return "".join(out)
+
+
+def scaled_rules(
+    files: Sequence[Path],
+    dest: Path,
+    *,
+    factor: float,
+    min_range: float = 0.0,
+    substitute: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Copies of the rule ``files`` in ``dest`` with every duration times ``factor``.
+
+    Scaled: each rule's ``for`` and ``keep_firing_for``, each group's ``interval``, and in every
+    ``expr`` the range selectors, subqueries and offsets (ranges at least ``min_range``
+    seconds; pick about four scrape intervals). ``substitute`` maps exact expression text to
+    its replacement (for thresholds, which are not durations); each key must occur somewhere.
+    """
+    pending = dict(substitute or {})
+    used: set[str] = set()
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for path in files:
+        doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for group in doc.get("groups", []):
+            if "interval" in group:
+                group["interval"] = scale_duration(group["interval"], factor)
+            for rule in group.get("rules", []):
+                expr = str(rule["expr"])
+                for old, new in pending.items():
+                    if old in expr:
+                        expr = expr.replace(old, new)
+                        used.add(old)
+                rule["expr"] = scale_expr(expr, factor, min_range)
+                for key in ("for", "keep_firing_for"):
+                    if key in rule:
+                        rule[key] = scale_duration(str(rule[key]), factor)
+        target = dest / path.name
+        target.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        written.append(target)
+    unused = sorted(set(pending) - used)
+    if unused:
+        raise ValueError(f"substitutions that matched no expression: {unused}")
+    return written
+
+
+def copy_rules_and_tests(dest: Path) -> tuple[Path, Path]:
+    """The committed rules and their promtool tests, copied into ``dest`` with the same layout
+    (tests refer to ``../rules/``); returns the two folders."""
+    rules = dest / "rules"
+    tests = dest / "tests"
+    shutil.copytree(RULES_DIR, rules)
+    shutil.copytree(PROMETHEUS_DIR / "tests", tests)
+    return rules, tests
+
+
+def load_yaml_rules(files: Sequence[Path] = RULE_FILES) -> list[dict[str, Any]]:
+    """Every rule (recording and alerting) of the rule ``files``."""
+    rules: list[dict[str, Any]] = []
+    for path in files:
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
+            rules.extend(group["rules"])
+    return rules
