@@ -193,10 +193,17 @@ def dlq_server(
 
 
 @pytest.fixture(scope="session")
+def worker_metrics_port() -> int:
+    """Where the test worker node serves its (multiprocess) metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def worker(
     database_url: str,
     redis_url: str,
     dlq_server: DlqServer,
+    worker_metrics_port: int,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceProcess]:
     """One real Celery worker node (2 prefork processes) in a subprocess."""
@@ -212,6 +219,7 @@ def worker(
             RELAYQ_RETRY_POLICY=str(REPO / "tests" / "data" / "retry-fast.toml"),
             RELAYQ_DLQ_GRPC=dlq_server.address,
             RELAYQ_WORKER_DLQ_RETRY_MAX_SECONDS="1",
+            RELAYQ_WORKER_METRICS_PORT=str(worker_metrics_port),
         ),
         inherit_env=False,
     )

@@ -40,6 +40,16 @@ class WorkerSettings(CommonSettings):
     metrics_dir: Path | None = Field(
         None, description="Where pool processes share metric files; default: a fresh temp dir"
     )
+    stall_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="The watchdog stops a node that received nothing for this long while its "
+        "queue had messages and it had a free slot (docs/reliability.md); 0: no watchdog",
+    )
+    watchdog_interval_seconds: float = Field(5.0, gt=0, description="Between watchdog samples")
+    stall_exit_grace_seconds: float = Field(
+        30.0, gt=0, description="A stalled node's warm shutdown gets this long, then it exits"
+    )
     task_events: bool = Field(
         False, description="Send per-task events (Flower's task views); costs consumer CPU"
     )

@@ -21,9 +21,10 @@ from celery import Task
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
 from relayq_core.jobs import JobRecord
 from relayq_core.logging import get_logger, job_context
+from relayq_core.telemetry import current_trace_id
 from worker_svc.app import catalog, policies, settings
 from worker_svc.dlq_client import DlqClient, build_report
-from worker_svc.metrics import JOB_DURATION, JOB_RUNS
+from worker_svc.metrics import JOB_RUNS, observe_duration
 from worker_svc.runner import (
     DeadLetter,
     Decision,
@@ -120,13 +121,20 @@ async def _mark_dead_lettered(job_id: str) -> None:
     await ledger.mark_dead_lettered(await runtime.connection(), job_id)
 
 
+async def _touch_dead_letter(job_id: str) -> None:
+    try:
+        await ledger.touch_staged_dead_letter(await runtime.connection(), job_id)
+    except UNAVAILABLE_ERRORS:
+        await runtime.discard_connection()  # the retry below goes ahead all the same
+
+
 def count(delivery: Delivery, message: dict[str, Any], decision: Decision, run: RunResult) -> None:
     """Metrics for one delivery (low-cardinality labels only: task, queue, outcome)."""
     labels = {"task": delivery.task, "queue": delivery.queue}
     if run.worker_lost:
         JOB_RUNS.labels(outcome="worker_lost", **labels).inc()
     if run.ran:
-        JOB_DURATION.labels(**labels).observe(run.duration_seconds)
+        observe_duration(delivery.task, delivery.queue, run.duration_seconds, current_trace_id())
     if isinstance(decision, Retry):
         outcome = "retried"
     elif isinstance(decision, DeadLetter):
@@ -158,6 +166,8 @@ def hand_off(task: Task, message: dict[str, Any], job_id: str) -> None:
         runtime.run(_mark_dead_lettered(job_id))
     except grpc.RpcError as exc:
         countdown = min(2.0 ** (tries + 1), settings.dlq_retry_max_seconds)
+        # The reconciler leaves a staged dead letter alone while workers keep touching it.
+        runtime.run(_touch_dead_letter(job_id))
         log.warning(
             "dead_letter_report_failed",
             code=exc.code().name,

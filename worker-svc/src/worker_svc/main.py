@@ -29,7 +29,8 @@ def main() -> None:
 
     # prometheus_client decides at import time whether values live in shared files: the
     # directory must be in the environment before any relayq module imports it.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(WorkerSettings().metrics_dir))
+    metrics_dir = _metrics_dir(WorkerSettings().metrics_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         from worker_svc.app import app, catalog, configuration_problems, settings
     except (CatalogError, PolicyError) as exc:
@@ -45,11 +46,16 @@ def main() -> None:
     from worker_svc.schema import migrate
 
     asyncio.run(migrate(settings.database_url))
-    if settings.metrics_port:
-        from worker_svc.metrics import serve
+    from worker_svc.metrics import serve, use_directory
 
+    use_directory(metrics_dir)
+    if settings.metrics_port:
         serve(settings.metrics_port, settings.metrics_host)
     queues = settings.queues or ",".join(catalog.queues())
+    if settings.stall_seconds:
+        from worker_svc.watchdog import install
+
+        install(settings, queues.split(","))
     argv = [
         "worker",
         f"--concurrency={settings.concurrency}",
