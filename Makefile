@@ -14,7 +14,7 @@ PY := $(BIN)/python
 STACK := $(BIN)/relayq-stack
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint typecheck proto proto-check test test-unit test-integration \
+.PHONY: help setup lint typecheck proto proto-check rules test test-unit test-integration \
         up down status demo clean
 
 help:  ## list the targets
@@ -43,6 +43,10 @@ proto: setup  ## regenerate gRPC code from proto/ (commit the result)
 
 proto-check: setup  ## fail if the committed gRPC code differs from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh --check
+
+rules:  ## promtool: check the Prometheus config and rules, run the alert unit tests
+	promtool check rules observability/prometheus/rules/*.yml
+	promtool test rules observability/prometheus/tests/*.yml
 
 test-unit: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
