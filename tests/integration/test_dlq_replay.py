@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -297,7 +297,9 @@ class ProbingPublisher(Publisher):
         self.database_url = database_url
         self.seen: list[tuple[bool, str | None]] = []
 
-    async def publish(self, specs: Sequence[JobSpec]) -> None:
+    async def publish(
+        self, specs: Sequence[JobSpec], failures: Mapping[str, int] | None = None
+    ) -> None:
         conn = await asyncpg.connect(self.database_url)
         try:
             for spec in specs:
@@ -312,7 +314,7 @@ class ProbingPublisher(Publisher):
                 self.seen.append((free, state))
         finally:
             await conn.close()
-        await super().publish(specs)
+        await super().publish(specs, failures)
 
 
 async def test_a_delivery_cannot_see_the_job_before_the_replay_commits(

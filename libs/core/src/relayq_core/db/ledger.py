@@ -299,3 +299,8 @@ class JobLedger:
             attempt.error_message,
             attempt.countdown_seconds,
         )
+
+    async def touch_staged_dead_letter(self, db: Executor, job_id: str) -> None:
+        """Notes that a worker still tries to hand this staged dead letter to dlq-svc (the
+        reconciler re-publishes only dead letters nobody touches)."""
+        await db.execute(_Q["touch_staged_dead_letter"], job_id)

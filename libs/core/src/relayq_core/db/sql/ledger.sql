@@ -143,3 +143,122 @@ RETURNING job_id, idempotency_key, task, queue, payload, trace_id;
 -- relayq_jobs_queued_since.
 SELECT min(enqueued_at) AS since FROM relayq_jobs
 WHERE queue = $1 AND state = 'queued' AND enqueued_at IS NOT NULL;
+
+-- name: touch_staged_dead_letter
+-- A worker is still trying to hand this staged dead letter to dlq-svc: the reconciler leaves a
+-- dead letter alone while someone keeps touching it.
+UPDATE relayq_jobs SET updated_at = now()
+WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
+
+-- The reconciler (relayq_core/reconcile.py). Each requeue_* query claims at most $2 (or $3)
+-- jobs whose message the broker may have lost, oldest first, and returns what re-publishing
+-- them needs. Claiming bumps the timestamps the query selects on, so a job is re-published
+-- once per incident, and the caller publishes inside the same transaction: a publish that
+-- fails rolls the claim back and the next cycle tries again. Rows a worker holds (SKIP LOCKED)
+-- are being run right now, not lost. "failures" is how many retries the job's current run has
+-- used (failed attempts with a countdown since its last terminal attempt), so a re-published
+-- retry keeps its place in the retry policy.
+
+-- name: reconcile_now
+SELECT now() AS now;
+
+-- name: requeue_queued_before
+-- Queued jobs of queue $1 whose message the broker held before $2 and no longer holds: Redis
+-- lost its data at or before $2, or its list has been consumed past every message it held at
+-- $2 while these jobs stayed queued.
+WITH picked AS (
+    SELECT job_id FROM relayq_jobs
+    WHERE queue = $1 AND state = 'queued' AND enqueued_at IS NOT NULL AND enqueued_at < $2
+    ORDER BY enqueued_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
+FROM picked
+WHERE j.job_id = picked.job_id
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
+
+-- name: requeue_overdue_retries
+-- Retries due more than $1 seconds ago: the worker holding the retry message (an ETA message,
+-- kept in Redis's unacked hash until it runs) died, or Redis lost it.
+WITH picked AS (
+    SELECT job_id FROM relayq_jobs
+    WHERE state = 'retrying' AND pending_dead_letter IS NULL
+      AND next_attempt_at < now() - make_interval(secs => $1)
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE relayq_jobs j SET next_attempt_at = now(), enqueued_at = now(), updated_at = now()
+FROM picked
+WHERE j.job_id = picked.job_id
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id,
+    (SELECT count(*) FROM relayq_job_attempts a
+     WHERE a.job_id = j.job_id AND a.outcome = 'failed' AND a.countdown_seconds > 0
+       AND a.number > coalesce((SELECT max(t.number) FROM relayq_job_attempts t
+                                WHERE t.job_id = j.job_id
+                                  AND (t.outcome = 'dead_lettered'
+                                       OR (t.outcome = 'failed' AND t.countdown_seconds = 0))),
+                               0))::int AS failures;
+
+-- name: requeue_abandoned
+-- Jobs "running" for more than $1 seconds whose delivery no longer holds the job's session
+-- lock (lock_job): the worker running them died, and so did the connection holding the lock.
+-- A live delivery always holds it, from before its claim until it has recorded the outcome.
+WITH held AS (
+    SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+), picked AS (
+    SELECT job_id FROM relayq_jobs
+    WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
+      AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
+FROM picked
+WHERE j.job_id = picked.job_id
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id,
+    (SELECT count(*) FROM relayq_job_attempts a
+     WHERE a.job_id = j.job_id AND a.outcome = 'failed' AND a.countdown_seconds > 0
+       AND a.number > coalesce((SELECT max(t.number) FROM relayq_job_attempts t
+                                WHERE t.job_id = j.job_id
+                                  AND (t.outcome = 'dead_lettered'
+                                       OR (t.outcome = 'failed' AND t.countdown_seconds = 0))),
+                               0))::int AS failures;
+
+-- name: requeue_stalled_dead_letters
+-- Staged dead letters nobody has tried to hand to dlq-svc for $1 seconds (workers touch them
+-- on every failed report): the message carrying the hand-off is lost. Its next delivery only
+-- sends the staged report; the handler does not run again.
+WITH picked AS (
+    SELECT job_id FROM relayq_jobs
+    WHERE pending_dead_letter IS NOT NULL AND state = 'retrying'
+      AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
+FROM picked
+WHERE j.job_id = picked.job_id
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
+
+-- name: requeue_unpublished
+-- Submits recorded more than $1 seconds ago whose publish never completed (ingest died between
+-- the ledger insert and the broker) and that no client re-submitted.
+WITH picked AS (
+    SELECT job_id FROM relayq_jobs
+    WHERE state = 'queued' AND enqueued_at IS NULL
+      AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
+FROM picked
+WHERE j.job_id = picked.job_id
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
