@@ -364,6 +364,17 @@ def test_every_target_is_up(live: Live, job: str) -> None:
     assert down == []
 
 
+def test_duration_exemplars_lead_to_traces(live: Live) -> None:
+    """Scraped as OpenMetrics and kept (exemplar storage): a latency point has a trace id."""
+
+    def traced(client: PrometheusClient) -> list[str]:
+        found = client.exemplars("relayq_job_duration_seconds_bucket")
+        return [e["labels"]["trace_id"] for s in found for e in s["exemplars"]]
+
+    trace_ids = live.client.wait_for(traced, timeout=20, what="exemplars")
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in trace_ids), trace_ids[:3]
+
+
 def test_metric_labels_never_carry_a_job_id(live: Live) -> None:
     series = live.client.query('{__name__=~"relayq_.+"}')
     assert series

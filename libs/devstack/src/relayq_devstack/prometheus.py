@@ -233,6 +233,14 @@ class PrometheusClient:
             raise PrometheusError(f"{expr!r} returned {len(result)} samples, expected one")
         return float(result[0]["value"][1])
 
+    def exemplars(self, expr: str, seconds: float = 300.0) -> list[dict[str, Any]]:
+        """Exemplars of the series ``expr`` selects over the last ``seconds`` (each item has
+        ``seriesLabels`` and ``exemplars``: ``labels`` such as ``trace_id``, ``value``)."""
+        now = time.time()
+        params = {"query": expr, "start": f"{now - seconds:.3f}", "end": f"{now:.3f}"}
+        found: list[dict[str, Any]] = self._get("/api/v1/query_exemplars", params)
+        return found
+
     def alerts(self) -> list[dict[str, Any]]:
         """Active alerts (pending and firing), as ``/api/v1/alerts`` lists them."""
         alerts: list[dict[str, Any]] = self._get("/api/v1/alerts")["alerts"]
