@@ -69,4 +69,9 @@ def main() -> None:
         argv.append("--task-events")
     if settings.node_name:
         argv.append(f"--hostname={settings.node_name}")
-    app.worker_main(argv)
+    # What app.worker_main() does, keeping the worker's exit status, which it drops: a
+    # supervisor must see that a node stopped because of a failure (e.g. the watchdog's).
+    from celery.bin.celery import celery as celery_cli
+
+    celery_cli.params[0].default = app
+    sys.exit(celery_cli.main(args=argv, standalone_mode=False) or 0)

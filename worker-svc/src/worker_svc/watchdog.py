@@ -24,6 +24,7 @@ consume.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -141,7 +142,11 @@ class Watchdog:
         if self._thread is not None:
             return
         self.last_received = self._clock()
-        self._thread = threading.Thread(target=self._run, name="relayq-watchdog", daemon=True)
+        # In a copy of this context: the process's log fields (service) come along.
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=ctx.run, args=(self._run,), name="relayq-watchdog", daemon=True
+        )
         self._thread.start()
         log.info(
             "worker_watchdog_started",
