@@ -36,7 +36,7 @@ lint: setup  ## ruff (lint and format)
 
 typecheck: setup  ## mypy --strict on our code
 	$(BIN)/mypy libs/core/src libs/devstack/src ingest-svc/src worker-svc/src dlq-svc/src \
-	    metrics-gateway/src scripts tests
+	    metrics-gateway/src scripts tests load/src
 
 proto: setup  ## regenerate gRPC code from proto/ (commit the result)
 	PYTHON=$(PY) scripts/gen_proto.sh
@@ -68,3 +68,13 @@ demo: up  ## the stack, 1000 jobs, a summary; leaves the stack up
 
 clean: down  ## stop the stack and remove its data and the virtualenvs
 	rm -rf .relayq $(VENV) $(TOOLS)
+
+# --- load and benchmark (load/) -----------------------------------------------------------------
+
+.PHONY: load
+LOAD_ARGS ?= -c 50 -z 30s --rps 200
+LOAD_DATA := {"task": "demo.echo", "payload": {"n": {{.RequestNumber}}}, "idempotency_key": "load-{{newUUID}}"}
+
+load: up  ## 12k jobs/min for 30 s through gRPC (LOAD_ARGS); ghz report in .relayq/load-report.json
+	$(BIN)/relayq-load --insecure --call relayq.v1.IngestService.SubmitJob -d '$(LOAD_DATA)' \
+	    $(LOAD_ARGS) -O json -o .relayq/load-report.json
