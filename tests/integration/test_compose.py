@@ -31,7 +31,15 @@ IMAGE = "relayq:local"
 
 # Services that run the relayq image, and those among them that are relayq Python processes
 # (read relayq settings, export traces).
-RELAYQ_IMAGE_SERVICES = {"migrate", "ingest", "worker", "dlq", "metrics-gateway", "flower"}
+RELAYQ_IMAGE_SERVICES = {
+    "migrate",
+    "ingest",
+    "worker",
+    "dlq",
+    "metrics-gateway",
+    "reconciler",
+    "flower",
+}
 RELAYQ_PROCESSES = RELAYQ_IMAGE_SERVICES - {"flower"}
 THIRD_PARTY_SERVICES = {"redis", "postgres", "jaeger"}
 ONE_SHOT = {"migrate"}
@@ -211,6 +219,7 @@ def test_service_commands(model: Model) -> None:
         "worker": "relayq-worker",
         "dlq": "relayq-dlq",
         "metrics-gateway": "relayq-metrics-gateway",
+        "reconciler": "relayq-reconciler",
         "flower": "celery",
     }
     for name, program in expected.items():
@@ -244,6 +253,7 @@ def test_dependency_edges(model: Model) -> None:
     assert deps("worker") >= {"redis", "postgres", "migrate", "dlq"}
     assert deps("dlq") >= {"postgres", "migrate"}
     assert deps("flower") >= {"redis"}
+    assert deps("reconciler") >= {"redis", "postgres", "migrate"}
 
 
 def test_long_running_services_have_healthchecks(model: Model) -> None:

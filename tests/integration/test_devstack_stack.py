@@ -77,6 +77,7 @@ def standin_services(ctx: ServiceContext) -> list[ServiceSpec]:
         "dlq": (*python, "--grpc", "RELAYQ_DLQ_GRPC_PORT"),
         "worker": ("/bin/sh", "-c", _WORKER),
         "metrics-gateway": (*python, "--http", "RELAYQ_METRICS_PORT"),
+        "reconciler": (*python, "--http", "RELAYQ_RECONCILER_PORT"),
     }
     specs = []
     for spec in relayq_services(ctx):
@@ -157,6 +158,7 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "worker1",
             "worker2",
             "metrics-gateway",
+            "reconciler",
             "flower",
             *(["prometheus"] if WITH_PROMETHEUS else []),
         ]

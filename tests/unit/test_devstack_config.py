@@ -81,6 +81,7 @@ def test_services_are_wired_by_env() -> None:
         "worker2",
         "worker3",
         "metrics-gateway",
+        "reconciler",
         "flower",
     ]
     ingest = specs["ingest"]
@@ -97,6 +98,9 @@ def test_services_are_wired_by_env() -> None:
     assert specs["worker2"].env["RELAYQ_WORKER_CONCURRENCY"] == "3"
     assert specs["worker2"].health == CeleryWorkers("redis://127.0.0.1:1000/0", 1, "worker2@")
     assert specs["metrics-gateway"].env["RELAYQ_METRICS_PORT"] == "9100"
+    assert specs["reconciler"].argv == ("/venv/bin/relayq-reconciler",)
+    assert specs["reconciler"].env["RELAYQ_RECONCILER_PORT"] == "9102"
+    assert specs["reconciler"].health == HttpOk("http://127.0.0.1:9102/healthz")
     assert "--broker=redis://127.0.0.1:1000/0" in specs["flower"].argv
     assert specs["flower"].health == HttpOk("http://127.0.0.1:5555/healthcheck")
     for spec in specs.values():

@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SERVICE",
-        help="do not start: ingest, dlq, worker, metrics-gateway, flower or prometheus "
-        "(repeatable)",
+        help="do not start: ingest, dlq, worker, metrics-gateway, reconciler, flower or "
+        "prometheus (repeatable)",
     )
     p_up.add_argument(
         "--fast", action="store_true", help="PostgreSQL without fsync (throwaway data only)"
@@ -99,7 +99,7 @@ def _print_info(info: StackInfo) -> None:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     skip = frozenset(args.skip)
-    known = {"ingest", "dlq", "worker", "metrics-gateway", "flower", "prometheus"}
+    known = {"ingest", "dlq", "worker", "metrics-gateway", "reconciler", "flower", "prometheus"}
     if skip - known:
         print(f"unknown service(s) to skip: {', '.join(sorted(skip - known))}", file=sys.stderr)
         return EXIT_FAILED

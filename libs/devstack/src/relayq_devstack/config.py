@@ -21,6 +21,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "flower": 5555,
     "dlq_metrics": 9101,
     "prometheus": 9090,
+    "reconciler": 9102,
 }
 
 

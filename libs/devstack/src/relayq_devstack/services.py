@@ -75,6 +75,7 @@ PORTS_BY_GROUP: dict[str, tuple[str, ...]] = {
     "dlq": ("dlq_grpc", "dlq_metrics"),
     "worker": (),  # plus one metrics port per node: worker_metrics_ports()
     "metrics-gateway": ("metrics",),
+    "reconciler": ("reconciler",),
     "flower": ("flower",),
     "prometheus": ("prometheus",),
 }
@@ -86,7 +87,7 @@ def worker_metrics_ports(workers: int) -> dict[str, int]:
 
 
 def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
-    """ingest, dlq, the workers, metrics-gateway and Flower, in start order."""
+    """ingest, dlq, the workers, metrics-gateway, the reconciler and Flower, in start order."""
     env = ctx.common_env()
     p = ctx.ports
     grpc_ingest = f"{HOST}:{p['ingest_grpc']}"
@@ -95,6 +96,7 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
     dlq_token = {"RELAYQ_DLQ_ADMIN_TOKEN": ctx.dlq_admin_token} if ctx.dlq_admin_token else {}
     metrics = f"http://{HOST}:{p['metrics']}"
     flower = f"http://{HOST}:{p['flower']}"
+    reconciler = f"http://{HOST}:{p['reconciler']}"
     specs = [
         ServiceSpec(
             name="ingest",
@@ -157,6 +159,21 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
             endpoint=metrics,
             port=p["metrics"],
             metrics=f"{HOST}:{p['metrics']}",
+        ),
+        ServiceSpec(
+            # Re-enqueues jobs the broker lost (relayq_core/reconcile.py); /healthz and /metrics.
+            name="reconciler",
+            group="reconciler",
+            argv=(ctx.script("relayq-reconciler"),),
+            env={
+                **env,
+                "RELAYQ_RECONCILER_HOST": HOST,
+                "RELAYQ_RECONCILER_PORT": str(p["reconciler"]),
+            },
+            health=HttpOk(f"{reconciler}/healthz"),
+            endpoint=reconciler,
+            port=p["reconciler"],
+            metrics=f"{HOST}:{p['reconciler']}",
         ),
         ServiceSpec(
             name="flower",
