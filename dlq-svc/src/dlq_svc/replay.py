@@ -193,7 +193,7 @@ class Replayer:
                 trace_id=entry.trace_id,
             )
             if await self._ledger.insert_jobs(db, [spec]):
-                await db.execute(_Q["continue_attempt_numbering"], job_id, entry.final_attempt)
+                await self._ledger.continue_attempt_numbering(db, job_id, entry.final_attempt)
             specs = await self._ledger.reopen_for_replay(db, [job_id])
             if not specs:
                 verdict = await self._ledger_verdict(db, job_id, entry.idempotency_key)

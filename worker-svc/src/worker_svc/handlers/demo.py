@@ -44,9 +44,11 @@ async def charge(ctx: JobContext, payload: JsonObject) -> Any:
         raise JobError.permanent("demo.charge needs payload.amount_cents, an integer 1..1e9")
     if not isinstance(hold_ms, int) or not 0 <= hold_ms <= 10_000:
         raise JobError.permanent("demo.charge payload.hold_ms must be an integer 0..10000")
-    await ctx.conn.execute(
+    # The key is the charge's primary key: a charge already recorded under it (its job's ledger
+    # row was purged and the job replayed) is this charge, not a second one.
+    inserted = await ctx.conn.fetchval(
         "INSERT INTO demo_charges (idempotency_key, job_id, account, amount_cents)"
-        " VALUES ($1, $2, $3, $4)",
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
         ctx.idempotency_key,
         ctx.job_id,
         account,
@@ -54,6 +56,8 @@ async def charge(ctx: JobContext, payload: JsonObject) -> Any:
     )
     if hold_ms:
         await ctx.conn.execute("SELECT pg_sleep($1)", hold_ms / 1000)
+    if not inserted:
+        return {"charged": amount, "account": account, "already_charged": True}
     return {"charged": amount, "account": account}
 
 

@@ -179,6 +179,10 @@ class JobLedger:
         row = await db.fetchrow(_Q["oldest_queued"], queue)
         return None if row is None else row["since"]
 
+    async def continue_attempt_numbering(self, db: Executor, job_id: str, at_least: int) -> None:
+        """Makes the job's next attempt number follow ``at_least`` (see ledger.sql)."""
+        await db.execute(_Q["continue_attempt_numbering"], job_id, at_least)
+
     async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
         """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
         if job_ids:

@@ -262,3 +262,11 @@ UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
 FROM picked
 WHERE j.job_id = picked.job_id
 RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
+
+-- name: continue_attempt_numbering
+-- A replay re-created a job the ledger had purged: its attempts continue from the dead letter's
+-- last one instead of starting again at 1, so a new dead-lettering carries a higher
+-- final_attempt and is never mistaken for a repeat of an old report (the DLQ's idempotency
+-- key is (job_id, final_attempt)).
+UPDATE relayq_jobs SET attempt_count = $2
+WHERE job_id = $1 AND attempt_count < $2;
