@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from relayq.v1 import dead_letter_pb2 as pb
 from relayq.v1 import ingest_pb2, job_pb2
@@ -72,22 +72,17 @@ async def test_a_replayed_charge_that_already_happened_adds_no_row(
     assert step.result == "skipped: job already succeeded"
 
     # The ledger's retention purged the job: the replay re-creates it and the worker runs it
-    # again under the same key. The charge's unique key refuses a second row, the job fails
-    # and is dead-lettered again, onto the same entry.
+    # again under the same key. demo.charge finds its charge already recorded under the key,
+    # writes nothing, and the job succeeds; the entry is marked replayed.
     await live_dlq.pool.execute("DELETE FROM relayq_jobs WHERE job_id = $1", job_id)
     (step,) = await live_dlq.replay(ids=[job_id])
     assert step.result == "replayed"
 
-    async def dead_lettered_again() -> bool:
-        entry = (await live_dlq.stub.GetDeadLetter(pb.GetDeadLetterRequest(id=job_id))).dead_letter
-        return entry.dead_letter_count == 2 and entry.status == "active"
-
-    await wait_for(dead_lettered_again, "the replayed job to be dead-lettered again")
+    await wait_for(succeeded, "the replayed charge to succeed")
     assert await charges(live_dlq, key) == 1
+    job = (await live_ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=job_id))).job
+    assert json_format.MessageToDict(job.result)["already_charged"] is True
+    assert job.attempts[0].number > 1, "the new run's attempts continue the old numbering"
     entry = (await live_dlq.stub.GetDeadLetter(pb.GetDeadLetterRequest(id=job_id))).dead_letter
-    assert entry.error_type == "UniqueViolationError"
-    numbers = [a.number for a in entry.attempts]
-    assert numbers[0] == 1 and numbers == sorted(set(numbers)) and len(numbers) > 1, (
-        "the first run's attempt is kept, the new ones continue its numbering"
-    )
-    assert [a.action for a in entry.audit] == ["dead_lettered", "replayed", "dead_lettered"]
+    assert entry.status == "replayed"
+    assert [a.action for a in entry.audit] == ["dead_lettered", "replayed"]
