@@ -1,4 +1,4 @@
-"""dlq-svc's refusals that the shared hierarchy (``relayq_core.errors``) does not have yet.
+"""dlq-svc's refusals, with the admin token's wording as their default messages.
 
 They carry their gRPC status like every :class:`~relayq_core.errors.RelayqError`, so
 :func:`relayq_core.grpc_server.abort_with` stays the one mapping to status codes.
@@ -6,20 +6,12 @@ They carry their gRPC status like every :class:`~relayq_core.errors.RelayqError`
 
 from __future__ import annotations
 
-import grpc
-
-from relayq_core.errors import RelayqError
+from relayq_core import errors
 
 
-class Unauthenticated(RelayqError):
+class Unauthenticated(errors.Unauthenticated):
     """This call needs `authorization: Bearer <token>` metadata (the dlq-svc admin token)."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
-    http_status = 401
 
-
-class PermissionDenied(RelayqError):
+class PermissionDenied(errors.PermissionDenied):
     """The bearer token is not the dlq-svc admin token."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-    http_status = 403

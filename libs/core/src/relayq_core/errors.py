@@ -52,6 +52,20 @@ class ResourceExhausted(RelayqError):
     http_status = 413
 
 
+class Unauthenticated(RelayqError):
+    """This call needs credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class PermissionDenied(RelayqError):
+    """The credentials given do not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
 class Unavailable(RelayqError):
     """A dependency (broker or database) is unavailable; retry with the same idempotency key."""
 
