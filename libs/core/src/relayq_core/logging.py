@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
 from opentelemetry import trace
+
+from relayq_core.redaction import Redactor, field_names
 
 _QUIET_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "uvicorn.access")
 
@@ -27,8 +29,14 @@ def _add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-def configure_logging(service: str, *, level: str = "info", json: bool = True) -> None:
-    """Sets up structlog (and routes stdlib logging through it) for this process."""
+def configure_logging(
+    service: str, *, level: str = "info", json: bool = True, redact_fields: Iterable[str] = ()
+) -> None:
+    """Sets up structlog (and routes stdlib logging through it) for this process.
+
+    Every line, relayq's and the libraries', passes a :class:`~relayq_core.redaction.Redactor`
+    last: credentials (and ``redact_fields``, payload field names) never reach the output.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -37,10 +45,12 @@ def configure_logging(service: str, *, level: str = "info", json: bool = True) -
         _add_trace_id,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    redactor = Redactor(field_names(redact_fields))
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.format_exc_info,
+            redactor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -57,6 +67,7 @@ def configure_logging(service: str, *, level: str = "info", json: bool = True) -
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redactor,
                 renderer,
             ],
         )
