@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from relayq_core.settings import CommonSettings
+from relayq_core.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings
 
 
 class DlqSettings(CommonSettings):
@@ -30,7 +30,7 @@ class DlqSettings(CommonSettings):
     )
     max_ids: int = Field(10_000, gt=0, description="Most ids one Replay or Drop call may name")
     max_message_bytes: int = Field(
-        16 * 1024 * 1024,
+        DEFAULT_MAX_MESSAGE_BYTES,
         gt=0,
         description="Largest request accepted (so an oversized id list gets a clear refusal)",
     )

@@ -74,7 +74,7 @@ async def start(
         [registration(servicer)],
         address or f"{settings.host}:{settings.grpc_port}",
         interceptors=interceptors(settings),
-        options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+        max_message_bytes=settings.max_message_bytes,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from relayq_core.settings import CommonSettings
+from relayq_core.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings
 
 
 class IngestSettings(CommonSettings):
@@ -19,6 +19,11 @@ class IngestSettings(CommonSettings):
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest payload, as JSON")
     max_payload_depth: int = Field(32, gt=0, description="Deepest nesting of the payload")
     max_batch: int = Field(1000, gt=0, description="Most jobs in one SubmitJobs call")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        gt=0,
+        description="Largest request either door accepts (gRPC message, HTTP body)",
+    )
     db_pool_size: int = Field(10, gt=0)
     republish_after_seconds: float = Field(
         10.0, gt=0, description="A re-submit publishes a never-enqueued job again after this"

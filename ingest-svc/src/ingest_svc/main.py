@@ -41,10 +41,14 @@ async def serve(settings: IngestSettings) -> None:
         pool, publisher, JobLedger(), republish_after_seconds=settings.republish_after_seconds
     )
     servicer = IngestServicer(jobs, catalog, limits, settings.max_batch)
-    running = await start_server([registration(servicer)], f"{settings.host}:{settings.grpc_port}")
+    running = await start_server(
+        [registration(servicer)],
+        f"{settings.host}:{settings.grpc_port}",
+        max_message_bytes=settings.max_message_bytes,
+    )
     http = _EmbeddedServer(
         uvicorn.Config(
-            create_app(jobs, catalog, limits),
+            create_app(jobs, catalog, limits, max_body_bytes=settings.max_message_bytes),
             host=settings.host,
             port=settings.http_port,
             log_config=None,

@@ -10,12 +10,17 @@ configures every process. Nothing outside the ``config.py`` modules reads ``os.e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relayq_core.redaction import field_names
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/relayq"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The largest gRPC request a server accepts unless its settings say otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def repo_root() -> Path:
@@ -50,3 +55,51 @@ class CommonSettings(BaseSettings):
         ),
         description="Where spans are exported (standard OTEL variables); unset: not exported",
     )
+    tls_cert_file: Path | None = Field(
+        None,
+        validation_alias="RELAYQ_TLS_CERT_FILE",
+        description="PEM certificate (chain) of this process's gRPC server; with the key: TLS on",
+    )
+    tls_key_file: Path | None = Field(
+        None, validation_alias="RELAYQ_TLS_KEY_FILE", description="PEM private key of that cert"
+    )
+    tls_client_ca_file: Path | None = Field(
+        None,
+        validation_alias="RELAYQ_TLS_CLIENT_CA_FILE",
+        description="PEM CA bundle: servers then require client certificates it signed (mTLS)",
+    )
+    tls_ca_file: Path | None = Field(
+        None,
+        validation_alias="RELAYQ_TLS_CA_FILE",
+        description="PEM CA bundle clients verify relayq's gRPC servers with; set: TLS channels",
+    )
+    redact_fields: str = Field(
+        "",
+        validation_alias="RELAYQ_REDACT_FIELDS",
+        description="Payload fields masked in logs and the DLQ's display, e.g. card_number,cvv",
+    )
+
+    @field_validator(
+        "tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_ca_file", mode="before"
+    )
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # An empty variable (compose's `VAR=`) means "not configured", never the current folder.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _tls_is_complete(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "set RELAYQ_TLS_CERT_FILE and RELAYQ_TLS_KEY_FILE together, or neither"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "RELAYQ_TLS_CLIENT_CA_FILE (mTLS) needs RELAYQ_TLS_CERT_FILE and _KEY_FILE"
+            )
+        return self
+
+    @property
+    def redact_field_names(self) -> frozenset[str]:
+        """``redact_fields`` as lower-cased names."""
+        return field_names(self.redact_fields)
