@@ -56,6 +56,17 @@ def test_client_ids_are_kept() -> None:
         ({"idempotency_key": "k" * 256}, "is 256 characters long; the limit is 255"),
         ({"idempotency_key": "a\nb"}, "control characters"),
         ({"queue": "nowhere"}, 'queue "nowhere" is not served; known queues: default, mail'),
+        # What PostgreSQL cannot store is refused here, not by the database (found by the fuzzer)
+        ({"payload": {"a": "x\x00"}}, "payload strings must not contain NUL characters"),
+        ({"payload": {"a\x00": 1}}, "payload keys must not contain NUL characters"),
+        ({"payload": {"a": ["\ud800"]}}, "payload strings must be valid Unicode"),
+        ({"payload": {"\udfff": 1}}, "payload keys must be valid Unicode"),
+        ({"idempotency_key": "k\ud800"}, "idempotency_key must be valid Unicode"),
+        ({"idempotency_key": "k\x00"}, "idempotency_key must not contain control characters"),
+        ({"task": "t\ud800"}, "task must be valid Unicode"),
+        ({"queue": "q\ud800"}, "queue must be valid Unicode"),
+        ({"queue": "q\x00"}, "queue must not contain control characters"),
+        ({"job_id": "abc\n"}, "job_id must be"),
     ],
 )
 def test_bad_input_names_the_problem(fields: dict[str, Any], message: str) -> None:
@@ -81,6 +92,22 @@ def test_validate_job_id() -> None:
         validate_job_id("")
     with pytest.raises(InvalidArgument, match="not a valid"):
         validate_job_id("../etc")
+    with pytest.raises(InvalidArgument, match="not a valid"):
+        validate_job_id("abc\n")  # "$" would match before a final newline
+
+
+def test_grpc_payloads_keep_non_finite_numbers_for_validation_to_refuse() -> None:
+    """json_format.MessageToDict raised a bare ValueError on NaN (UNKNOWN to the client)."""
+    from ingest_svc.convert import submission_from_proto
+    from relayq.v1 import ingest_pb2
+
+    request = ingest_pb2.SubmitJobRequest(task="demo.echo")
+    request.payload.update({"x": [float("inf")], "n": 1.0, "s": "a", "b": True, "z": None})
+    fields = submission_from_proto(request)
+    assert fields["payload"]["x"] == [float("inf")]
+    assert fields["payload"]["n"] == 1.0 and fields["payload"]["z"] is None
+    with pytest.raises(InvalidArgument, match="finite"):
+        validate_submission(CATALOG, LIMITS, **fields)
 
 
 def test_repository_catalog_is_valid() -> None:

@@ -24,9 +24,28 @@ def state_to_proto(state: JobState) -> job_pb2.JobState.ValueType:
     return _STATE[state]
 
 
+def value_from_proto(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python, numbers as they came (NaN included: validation refuses
+    it by name; ``json_format.MessageToDict`` would raise a bare ValueError)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: value_from_proto(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [value_from_proto(v) for v in value.list_value.values]
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None  # null_value, or no kind set
+
+
 def submission_from_proto(req: ingest_pb2.SubmitJobRequest) -> dict[str, Any]:
     """The request's fields as plain values for :func:`validate_submission`."""
-    payload: Any = json_format.MessageToDict(req.payload) if req.HasField("payload") else None
+    payload: Any = None
+    if req.HasField("payload"):
+        payload = {k: value_from_proto(v) for k, v in req.payload.fields.items()}
     return {
         "task": req.task,
         "payload": payload,

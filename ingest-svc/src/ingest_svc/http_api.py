@@ -1,7 +1,9 @@
 """``POST /v1/jobs`` and ``GET /v1/jobs/{job_id}`` for webhooks and curl users.
 
 The same validation and the same :class:`JobService` as gRPC; errors are JSON
-``{"error": {"code": "INVALID_ARGUMENT", "message": "..."}}`` with a matching HTTP status.
+``{"error": {"code": "INVALID_ARGUMENT", "message": "..."}}`` with a matching HTTP status, for
+every refusal: relayq's own, FastAPI's (unparsable body, unknown route, wrong method) and the
+body size limit (413).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest_svc.metrics import count_rejected
 from ingest_svc.submit import JobService
@@ -21,7 +26,23 @@ from ingest_svc.validation import Limits, validate_job_id, validate_submission
 from relayq_core.catalog import Catalog
 from relayq_core.errors import InvalidArgument, RelayqError
 from relayq_core.jobs import JobRecord, SubmitResult
+from relayq_core.settings import DEFAULT_MAX_MESSAGE_BYTES
 from relayq_core.telemetry import current_trace_id
+
+#: The gRPC status names HTTP refusals that do not come from relayq's errors are reported as.
+_HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ALREADY_EXISTS",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+}
+_MAX_MESSAGE_CHARS = 1000
 
 
 class SubmitBody(BaseModel):
@@ -36,11 +57,68 @@ class SubmitBody(BaseModel):
     queue: str = ""
 
 
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    # A message may quote the client's input: bounded, and lone surrogates (from a JSON
+    # "\ud800" escape) spelled out, since they cannot be encoded in the UTF-8 reply.
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "…"
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"error": {"code": code, "message": message}}
+
+
 def _error(exc: RelayqError) -> JSONResponse:
     return JSONResponse(
-        status_code=exc.http_status,
-        content={"error": {"code": exc.code.name, "message": exc.message}},
+        status_code=exc.http_status, content=_error_body(exc.code.name, exc.message)
     )
+
+
+class BodyLimit:
+    """Refuses a request body over ``max_bytes`` (413, the JSON error body), whether it declares
+    its length or streams it, before anything reads it. (Starlette's own limit answers in plain
+    text once a Content-Length is over.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse(
+            status_code=413,
+            content=_error_body(
+                "RESOURCE_EXHAUSTED", f"the request body is larger than {self.max_bytes} bytes"
+            ),
+        )
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -92,13 +170,35 @@ def _job_json(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def create_app(jobs: JobService, catalog: Catalog, limits: Limits) -> FastAPI:
-    """The HTTP front door over ``jobs``."""
+def create_app(
+    jobs: JobService,
+    catalog: Catalog,
+    limits: Limits,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> FastAPI:
+    """The HTTP front door over ``jobs``; a body over ``max_body_bytes`` is refused (413)."""
     app = FastAPI(title="relayq ingest", version="1", docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(RelayqError)
     async def relayq_error(_: Request, exc: RelayqError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "INVALID_ARGUMENT")
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body json.loads gave up on other than by JSONDecodeError:
+            # bytes that are not UTF-8, nesting past the parser's recursion limit.
+            message = "the request body is not valid JSON (UTF-8 text, within parsing limits)"
+        else:
+            message = str(exc.detail)
+        return JSONResponse(
+            status_code=exc.status_code,
+            content=_error_body(code, message),
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def body_error(_: Request, exc: RequestValidationError) -> JSONResponse:

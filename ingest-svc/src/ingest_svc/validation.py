@@ -16,7 +16,8 @@ from relayq_core.catalog import Catalog
 from relayq_core.errors import InvalidArgument
 from relayq_core.jobs import JobSpec, canonical_json
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 MAX_KEY_LENGTH = 255
 
 
@@ -28,8 +29,21 @@ class Limits:
     max_payload_depth: int = 32
 
 
+def _storable(value: str, what: str) -> None:
+    """Refuses text PostgreSQL cannot store: NUL (in text or jsonb) and lone surrogates (not
+    UTF-8; JSON's ``"\\ud800"`` escape makes one)."""
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} must not contain NUL characters (\\u0000)")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"{what} must be valid Unicode (no lone surrogates)") from None
+
+
 def _depth_and_normalise(value: Any, depth: int, limit: int) -> Any:
-    """Checks nesting depth, refuses non-finite numbers, and turns integral floats into ints.
+    """Checks nesting depth, refuses non-finite numbers and text PostgreSQL cannot store, and
+    turns integral floats into ints.
 
     gRPC's Struct carries every number as a double; normalising makes ``{"n": 1}`` the same
     payload whether it came over gRPC or HTTP (same fingerprint, same handler input).
@@ -41,11 +55,15 @@ def _depth_and_normalise(value: Any, depth: int, limit: int) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InvalidArgument("payload keys must be strings")
+            _storable(k, "payload keys")
             out[k] = _depth_and_normalise(v, depth + 1, limit)
         return out
     if isinstance(value, list):
         return [_depth_and_normalise(v, depth + 1, limit) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        _storable(value, "payload strings")
+        return value
+    if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         return value
@@ -63,6 +81,7 @@ def _check_text(name: str, value: str, max_length: int) -> None:
         raise InvalidArgument(f"{name} is {len(value)} characters long; the limit is {max_length}")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise InvalidArgument(f"{name} must not contain control characters")
+    _storable(value, name)
 
 
 def validate_submission(
@@ -95,7 +114,7 @@ def validate_submission(
             f"payload is {size} bytes as JSON; the limit is {limits.max_payload_bytes}"
         )
     if job_id:
-        if not JOB_ID.match(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise InvalidArgument(
                 "job_id must be 1-128 characters of letters, digits and . _ : - "
                 "starting with a letter or digit"
@@ -108,6 +127,7 @@ def validate_submission(
         idempotency_key = job_id
     if queue:
         if queue not in catalog.queues():
+            _check_text("queue", queue, 200)
             raise InvalidArgument(
                 f'queue "{queue[:100]}" is not served; known queues: {", ".join(catalog.queues())}'
             )
@@ -139,6 +159,6 @@ def validate_job_id(job_id: str) -> str:
     """Checks a job id given to GetJob."""
     if not job_id:
         raise InvalidArgument("job_id is required")
-    if not JOB_ID.match(job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise InvalidArgument("job_id is not a valid job id")
     return job_id
