@@ -54,6 +54,9 @@ def _b64(raw: str) -> str:
         _b64(json.dumps({"t": "2026-01-01T00:00:00+00:00", "id": ""})),
         _b64(json.dumps({"t": "2026-01-01T00:00:00+00:00", "id": 7})),
         _b64(json.dumps({"t": 12, "id": "x"})),
+        # Found by the fuzzer: a NUL id reached PostgreSQL, deep JSON hit the recursion limit.
+        _b64(json.dumps({"t": "2026-01-01T00:00:00+00:00", "id": "x\x00"})),
+        _b64("[" * 100_000 + "]" * 100_000),
     ],
 )
 def test_malformed_page_tokens_are_refused(token: str) -> None:
@@ -251,3 +254,25 @@ def test_report_from_proto_reads_every_field() -> None:
     assert report.attempts[0].started_at == T0, "no start time: the dead-lettering's"
     assert report.first_failed_at == T0
     assert report.idempotency_key == "j"
+
+
+def test_refusals_quote_long_values_bounded() -> None:
+    message = refused(validation.parse_reason, "x" * 100_000, "filter.reason")
+    assert len(message) < 300 and "(100000 characters)" in message
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "message"),
+    [("", "id is required"), ("a\x00b", "NUL"), ("a\nb", "control"), ("x" * 256, "limit")],
+)
+def test_entry_ids_are_refused_before_the_store(entry_id: str, message: str) -> None:
+    assert message in refused(validation.entry_id, entry_id)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(2**62, 0), (-(2**40), 0), (0, -1), (0, 1_000_000_000)]
+)
+def test_out_of_range_timestamps_are_refused_by_name(seconds: int, nanos: int) -> None:
+    f = pb.DeadLetterFilter()
+    f.since.seconds, f.since.nanos = seconds, nanos
+    assert "filter.since is not a valid timestamp" in refused(convert.filter_from_proto, f)

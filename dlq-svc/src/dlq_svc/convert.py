@@ -17,15 +17,23 @@ from dlq_svc.model import (
     Stats,
 )
 from relayq.v1 import dead_letter_pb2, job_pb2
+from relayq_core.errors import InvalidArgument
 from relayq_core.jobs import AttemptRecord
 
 
-def _dt(msg: Message, field: str) -> datetime | None:
-    """A Timestamp field as an aware datetime, None when unset."""
+def _dt(msg: Message, field: str, label: str = "") -> datetime | None:
+    """A Timestamp field as an aware datetime, None when unset; out of range (seconds past year
+    9999, nanos outside 0..999999999) is refused, naming the field (``label``, else ``field``)."""
     if not msg.HasField(field):
         return None
     ts: timestamp_pb2.Timestamp = getattr(msg, field)
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{label or field} is not a valid timestamp "
+            f"(seconds={ts.seconds}, nanos={ts.nanos}): it must lie in years 1..9999"
+        ) from None
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -52,15 +60,15 @@ def filter_from_proto(f: dead_letter_pb2.DeadLetterFilter) -> Filter:
         task=f.task,
         reason=f.reason,
         status=f.status,
-        since=_dt(f, "since"),
-        until=_dt(f, "until"),
+        since=_dt(f, "since", "filter.since"),
+        until=_dt(f, "until", "filter.until"),
         error_contains=f.error_contains,
     )
 
 
 def attempt_from_proto(a: job_pb2.Attempt, default_start: datetime) -> AttemptRecord:
     """One attempt of a report; one without a start time gets ``default_start``."""
-    started = _dt(a, "started_at") or default_start
+    started = _dt(a, "started_at", f"attempts[{a.number}].started_at") or default_start
     return AttemptRecord(
         number=a.number,
         worker=a.worker,

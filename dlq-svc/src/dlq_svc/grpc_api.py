@@ -14,7 +14,7 @@ from dlq_svc.model import Selection
 from dlq_svc.service import DeadLetters
 from relayq.v1 import dead_letter_pb2 as pb
 from relayq.v1 import dead_letter_pb2_grpc
-from relayq_core.errors import InvalidArgument, RelayqError
+from relayq_core.errors import RelayqError
 from relayq_core.grpc_server import Registration, abort_with
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -76,9 +76,7 @@ class DeadLetterServicer(dead_letter_pb2_grpc.DeadLetterServiceServicer):
         self, request: pb.GetDeadLetterRequest, context: Context
     ) -> pb.GetDeadLetterResponse:
         try:
-            if not request.id:
-                raise InvalidArgument("id is required")
-            entry = await self._service.get(request.id)
+            entry = await self._service.get(validation.entry_id(request.id))
         except RelayqError as exc:
             await abort_with(context, exc)
         return pb.GetDeadLetterResponse(

@@ -33,12 +33,19 @@ def _allowed(values: type[Reason] | type[Status]) -> str:
     return ", ".join(f'"{v.value}"' for v in values)
 
 
+def _quoted(value: str, most: int = 100) -> str:
+    """The client's value, quoted in a refusal: bounded."""
+    return f'"{value}"' if len(value) <= most else f'"{value[:most]}…" ({len(value)} characters)'
+
+
 def parse_reason(value: str, field: str = "reason") -> Reason:
     """A :class:`Reason` from its string, or a refusal naming the allowed values."""
     try:
         return Reason(value)
     except ValueError:
-        raise InvalidArgument(f'{field} "{value}" is not one of {_allowed(Reason)}') from None
+        raise InvalidArgument(
+            f"{field} {_quoted(value)} is not one of {_allowed(Reason)}"
+        ) from None
 
 
 def parse_status(value: str, field: str = "status") -> Status:
@@ -46,7 +53,9 @@ def parse_status(value: str, field: str = "status") -> Status:
     try:
         return Status(value)
     except ValueError:
-        raise InvalidArgument(f'{field} "{value}" is not one of {_allowed(Status)}') from None
+        raise InvalidArgument(
+            f"{field} {_quoted(value)} is not one of {_allowed(Status)}"
+        ) from None
 
 
 def _text(field: str, value: str, max_length: int = MAX_TEXT_LENGTH) -> str:
@@ -130,9 +139,11 @@ def decode_page_token(token: str) -> Cursor | None:
         data = json.loads(raw)
         when = datetime.fromisoformat(data["t"])
         job_id = data["id"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
+    # RecursionError: deeply nested JSON.
+    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):
         raise bad from None
-    if not isinstance(job_id, str) or not job_id or when.tzinfo is None:
+    # A forged id goes into a query: it must be text PostgreSQL can compare (no NUL).
+    if not isinstance(job_id, str) or not job_id or "\x00" in job_id or when.tzinfo is None:
         raise bad
     return Cursor(when, job_id)
 
@@ -162,6 +173,11 @@ def selection(ids: Sequence[str], filter: Filter | None, *, max_ids: int, action
     for job_id in ids:
         _identifier("ids", job_id)
     return Selection(ids=tuple(dict.fromkeys(ids)))
+
+
+def entry_id(value: str) -> str:
+    """The id of GetDeadLetter (a job id: the same rules as at report)."""
+    return _identifier("id", value)
 
 
 def drop_reason(reason: str) -> str:
