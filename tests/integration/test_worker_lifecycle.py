@@ -19,11 +19,13 @@ import pytest
 import redis
 
 from relayq_core.db.ledger import JobLedger, connect
+from relayq_core.db.migrate import migrate_ledger
 from relayq_core.jobs import JobSpec
 from relayq_core.publish import Publisher
 from relayq_devstack.health import celery_workers_ready
+from relayq_devstack.postgres import PostgresServer
 from relayq_devstack.process import ServiceProcess
-from relayq_devstack.redis import RedisServer
+from relayq_devstack.redis import RedisServer, start_redis
 from tests.conftest import BIN, REPO, DlqServer, service_env
 from worker_svc.watchdog import EXIT_STALLED
 
@@ -198,3 +200,69 @@ def _nodes(broker: str) -> list[str]:
     from relayq_devstack.health import celery_nodes
 
     return sorted(celery_nodes(broker))
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of its own, to restart."""
+    server = start_redis(tmp_path_factory.mktemp("restart-redis"), persistence=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_database(postgres: PostgresServer) -> str:
+    """A ledger of its own: the reconciler acts on every job it finds."""
+    postgres.psql("DROP DATABASE IF EXISTS lifecycle_tests", database="postgres")
+    postgres.psql("CREATE DATABASE lifecycle_tests", database="postgres")
+    url = postgres.url_for("lifecycle_tests")
+    asyncio.run(migrate_ledger(url))
+    return url
+
+
+def test_a_node_keeps_consuming_across_redis_restarts(
+    own_database: str, own_redis: RedisServer, dlq_server: DlqServer, log_dir: Path
+) -> None:
+    """Celery closes its channel after a connection loss; with messages unacknowledged (a job
+    running, a retry waiting) kombu's restore and the late ack crashed the node
+    (worker_svc/transport.py). The node must keep consuming; the job that was running
+    finishes once; the retry it held in memory (dropped on reconnect, left in Redis's unacked
+    hash) is brought back by the reconciler."""
+    broker = own_redis.url
+    reconciler = ServiceProcess(
+        "reconciler",
+        [str(BIN / "relayq-reconciler")],
+        log_path=log_dir / "reconciler.log",
+        env=service_env(
+            own_database,
+            broker,
+            RELAYQ_RECONCILER_INTERVAL_SECONDS="0.5",
+            RELAYQ_RECONCILER_DEADLINE_SECONDS="2",
+        ),
+        inherit_env=False,
+    )
+    node = start_node("restart", own_database, broker, dlq_server, log_dir)
+    try:
+        for round_ in range(2):
+            running = submit(own_database, broker, "demo.slow", {"ms": 2000})
+            waiting = submit(own_database, broker, "demo.flaky", {"fail_times": 1})
+            wait_until(
+                lambda j=running: job_row(own_database, j)["state"] == "running",  # type: ignore[misc]
+                30,
+                "the slow job",
+            )
+            own_redis.restart(persistence=True)
+            after = submit(own_database, broker, "demo.echo", {"round": round_})
+            for job_id in (running, waiting, after):
+                wait_until(
+                    lambda j=job_id: job_row(own_database, j)["state"] == "succeeded",  # type: ignore[misc]
+                    60,
+                    f"job {job_id} after the restart",
+                )
+            assert node.is_running(), node.log_tail()
+            row = job_row(own_database, running)
+            assert row["attempt_count"] == 1, row
+    finally:
+        node.stop(timeout=10)
+        reconciler.stop(timeout=10)
+    assert "Unrecoverable error" not in node.log_path.read_text()

@@ -23,6 +23,8 @@ policies = load_policies(settings.retry_policy_path)
 app = Celery("relayq-worker")
 app.conf.update(celery_config(settings.redis_url, catalog.default_queue))
 app.conf.worker_prefetch_multiplier = settings.prefetch_multiplier
+# kombu's Redis transport with the fix that keeps a node alive across Redis restarts.
+app.conf.broker_transport = "worker_svc.transport:Transport"
 # relayq counts a job's failures itself (the retry policy, in the message); Celery's own limit
 # (3 by default, even when retry() is given max_retries=None) must never cut a job short.
 app.conf.task_annotations = {"*": {"max_retries": None}}

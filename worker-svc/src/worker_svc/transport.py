@@ -1,0 +1,83 @@
+"""kombu's Redis transport, with a fix that keeps a worker alive when Redis restarts.
+
+When the broker connection drops, Celery's consumer releases the connection (which detaches
+the transport from it) and then closes it again. The second close reaches the channel's
+"restore unacknowledged messages" step, which needs the detached connection's parameters:
+``AttributeError: 'NoneType' object has no attribute 'hostname'`` escapes, Celery calls it an
+unrecoverable error, and the node exits (kombu 5.7, Celery 5.7). It happens whenever the node
+holds unacknowledged messages — a job running, a retry waiting — that is, almost always under
+load (``tests/integration/test_worker_lifecycle.py`` reproduces it).
+
+The same detached channel crashes the node again when a job that was running during the loss
+finishes and its message is acknowledged (``AttributeError: 'NoneType' object has no attribute
+'client'``). Celery's answer is ``worker_cancel_long_running_tasks_on_connection_loss``: kill
+such jobs. relayq keeps them running instead (their outcome lands in the ledger) and makes the
+detached channel's restore, ack and reject give up quietly: the broker cannot be told anything
+on that connection anyway. The messages stay in Redis's unacked hash, from where Redis's
+visibility timeout, or sooner the reconciler (overdue retries, unheld running jobs), brings
+their jobs back if they still need it; a finished job's message redelivered is a duplicate,
+which the worker's claim turns into a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+from relayq_core.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class QoS(kombu_redis.QoS):
+    """Redis QoS that leaves a detached channel's messages in Redis instead of crashing."""
+
+    def _detached(self) -> bool:
+        connection = self.channel.connection
+        return connection is None or connection.client is None
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        if client is None and self._detached():
+            log.warning(
+                "broker_restore_skipped",
+                messages=len(self._delivered),
+                detail="the broker connection is gone; Redis's unacked hash keeps them",
+            )
+            self._delivered.clear()
+            return None
+        return super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: Any) -> None:
+        if self._detached():
+            # A job that started before the connection dropped finished after it: its
+            # outcome is in the ledger, its message stays in the unacked hash and, when
+            # redelivered, finds the job finished (a duplicate, a no-op).
+            log.info("broker_ack_skipped", detail="the message's connection is gone")
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._detached():
+            log.info("broker_reject_skipped", detail="the message's connection is gone")
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+
+
+class Channel(kombu_redis.Channel):
+    """The Redis channel with :class:`QoS`."""
+
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    """The Redis transport with :class:`Channel` (``broker_transport`` of the worker app)."""
+
+    Channel = Channel
+
+
+#: What the worker app sets as ``broker_transport``.
+TRANSPORT = f"{__name__}:Transport"
