@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from relayq_core.settings import DEFAULT_MAX_MESSAGE_BYTES, CommonSettings
@@ -29,3 +32,12 @@ class IngestSettings(CommonSettings):
         10.0, gt=0, description="A re-submit publishes a never-enqueued job again after this"
     )
     grace_seconds: float = Field(5.0, ge=0, description="In-flight RPCs get this long on SIGTERM")
+    api_keys_file: Path | None = Field(
+        None, description="client_name:sha256hex lines; set (or api_keys): callers need a key"
+    )
+    api_keys: str = Field("", description="Comma-separated client_name:sha256hex entries")
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value

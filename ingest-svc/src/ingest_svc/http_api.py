@@ -20,6 +20,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest_svc.auth import ApiKeyMiddleware, ApiKeys
 from ingest_svc.metrics import count_rejected
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits, validate_job_id, validate_submission
@@ -176,10 +177,15 @@ def create_app(
     limits: Limits,
     *,
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    api_keys: ApiKeys | None = None,
 ) -> FastAPI:
-    """The HTTP front door over ``jobs``; a body over ``max_body_bytes`` is refused (413)."""
+    """The HTTP front door over ``jobs``; a body over ``max_body_bytes`` is refused (413), and
+    with ``api_keys`` every request but probes needs an ``X-API-Key`` (see ``ingest_svc.auth``).
+    """
     app = FastAPI(title="relayq ingest", version="1", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_keys is not None:  # added last: outermost, so a refused caller's body is never read
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys, error_body=_error_body)
 
     @app.exception_handler(RelayqError)
     async def relayq_error(_: Request, exc: RelayqError) -> JSONResponse:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
 
+from ingest_svc.auth import ApiKeyInterceptor, load_api_keys
 from ingest_svc.config import IngestSettings
 from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
@@ -19,6 +21,7 @@ from relayq_core.grpc_server import run_until_signalled, start_server
 from relayq_core.logging import configure_logging, get_logger
 from relayq_core.publish import Publisher
 from relayq_core.telemetry import configure_tracing
+from relayq_core.tls import server_tls
 
 log = get_logger(__name__)
 
@@ -34,6 +37,7 @@ class _EmbeddedServer(uvicorn.Server):
 async def serve(settings: IngestSettings) -> None:
     """Runs until SIGTERM/SIGINT."""
     catalog = load_catalog(settings.catalog_path)
+    api_keys = load_api_keys(settings.api_keys_file, settings.api_keys)  # fails fast if malformed
     limits = Limits(settings.max_payload_bytes, settings.max_payload_depth)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     publisher = Publisher(settings.redis_url, catalog.default_queue)
@@ -44,16 +48,29 @@ async def serve(settings: IngestSettings) -> None:
     running = await start_server(
         [registration(servicer)],
         f"{settings.host}:{settings.grpc_port}",
+        interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else [],
         max_message_bytes=settings.max_message_bytes,
+        tls=server_tls(settings),
     )
     http = _EmbeddedServer(
         uvicorn.Config(
-            create_app(jobs, catalog, limits, max_body_bytes=settings.max_message_bytes),
+            create_app(
+                jobs,
+                catalog,
+                limits,
+                max_body_bytes=settings.max_message_bytes,
+                api_keys=api_keys,
+            ),
             host=settings.host,
             port=settings.http_port,
             log_config=None,
             access_log=False,
             lifespan="off",
+            # The same certificate as gRPC: with TLS configured, both doors are HTTPS/TLS.
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
+            ssl_ca_certs=settings.tls_client_ca_file,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
         )
     )
     http_task = asyncio.create_task(http.serve())
@@ -62,6 +79,8 @@ async def serve(settings: IngestSettings) -> None:
         grpc_port=running.port,
         http_port=settings.http_port,
         tasks=sorted(catalog.tasks),
+        tls=running.tls,
+        api_clients=len(api_keys.clients) if api_keys else 0,
     )
 
     async def on_stop() -> None:
@@ -76,7 +95,12 @@ async def serve(settings: IngestSettings) -> None:
 def main() -> None:
     """Console entry point."""
     settings = IngestSettings()
-    configure_logging("ingest-svc", level=settings.log_level, json=settings.log_json)
+    configure_logging(
+        "ingest-svc",
+        level=settings.log_level,
+        json=settings.log_json,
+        redact_fields=settings.redact_field_names,
+    )
     configure_tracing(
         "ingest-svc", export=settings.otlp_endpoint is not None, grpc_server=True, celery=True
     )
