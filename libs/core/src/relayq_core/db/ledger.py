@@ -183,6 +183,16 @@ class JobLedger:
         """Makes the job's next attempt number follow ``at_least`` (see ledger.sql)."""
         await db.execute(_Q["continue_attempt_numbering"], job_id, at_least)
 
+    async def counts(self, db: Executor) -> list[tuple[str, str, int]]:
+        """(queue, state, count) for the whole ledger (an operator's command, not a scrape)."""
+        rows = await db.fetch(_Q["counts_by_queue_and_state"])
+        return [(r["queue"], r["state"], int(r["count"])) for r in rows]
+
+    async def attention(self, db: Executor) -> dict[str, int]:
+        """Counts of unfinished jobs an operator should look at (see ledger.sql)."""
+        row = await db.fetchrow(_Q["attention_counts"])
+        return {k: int(v) for k, v in dict(row or {}).items()}
+
     async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
         """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
         if job_ids:

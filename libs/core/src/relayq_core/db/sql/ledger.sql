@@ -270,3 +270,22 @@ RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0
 -- key is (job_id, final_attempt)).
 UPDATE relayq_jobs SET attempt_count = $2
 WHERE job_id = $1 AND attempt_count < $2;
+
+-- name: counts_by_queue_and_state
+-- relayq-ledger stats: the whole ledger by queue and state (an index-only scan is not possible
+-- here; this is an operator's command, not a scrape).
+SELECT queue, state, count(*) AS count FROM relayq_jobs GROUP BY queue, state
+ORDER BY queue, state;
+
+-- name: attention_counts
+-- relayq-ledger stats: jobs an operator looks at first.
+SELECT
+    count(*) FILTER (WHERE pending_dead_letter IS NOT NULL) AS dead_letters_waiting_for_dlq,
+    count(*) FILTER (WHERE state = 'retrying' AND next_attempt_at < now() - interval '1 minute')
+        AS retries_overdue,
+    count(*) FILTER (WHERE state = 'queued' AND enqueued_at IS NULL
+                     AND created_at < now() - interval '1 minute') AS never_enqueued,
+    count(*) FILTER (WHERE worker_losses > 0 AND state NOT IN ('succeeded', 'dead_lettered'))
+        AS unfinished_with_worker_losses
+FROM relayq_jobs
+WHERE state NOT IN ('succeeded', 'dead_lettered');
