@@ -34,6 +34,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __init__(self) -> None:
         self.spans: list[tuple[str, str, str]] = []
+        self.links: dict[str, list[str]] = {}  # span name -> trace ids it links to
 
     async def Export(  # noqa: N802
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
@@ -50,6 +51,10 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
                     self.spans.append((service, span.trace_id.hex(), span.name))
+                    if span.links:
+                        self.links.setdefault(span.name, []).extend(
+                            link.trace_id.hex() for link in span.links
+                        )
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -167,3 +172,33 @@ async def test_one_trace_from_submit_through_retries_to_the_dlq(
     assert by_service["worker-svc"].count("apply_async/demo.fail") >= 4
     assert any("ReportDeadLetter" in n for n in by_service["worker-svc"])
     assert any("ReportDeadLetter" in n for n in by_service["dlq-svc"])
+
+
+async def test_a_replay_links_back_to_the_original_trace(
+    receiver: tuple[Receiver, int], traced_stack: dict[str, str]
+) -> None:
+    payload = struct_pb2.Struct()
+    payload.update({"permanent": True, "message": "replay me"})
+    async with grpc.aio.insecure_channel(traced_stack["ingest"]) as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        reply = await stub.SubmitJob(ingest_pb2.SubmitJobRequest(task="demo.fail", payload=payload))
+        deadline = time.monotonic() + 60
+        while True:
+            job = (await stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
+            if job.state == job_pb2.JOB_STATE_DEAD_LETTERED:
+                break
+            assert time.monotonic() < deadline, job
+            await asyncio.sleep(0.1)
+    async with grpc.aio.insecure_channel(traced_stack["dlq"]) as ch:
+        dlq = dead_letter_pb2_grpc.DeadLetterServiceStub(ch)
+        results = [
+            r.result
+            async for r in dlq.ReplayDeadLetters(
+                dead_letter_pb2.ReplayDeadLettersRequest(ids=[reply.job_id])
+            )
+        ]
+    assert results == ["replayed"]
+    deadline = time.monotonic() + 20
+    while job.trace_id not in receiver[0].links.get("relayq.replay", []):
+        assert time.monotonic() < deadline, receiver[0].links
+        await asyncio.sleep(0.2)

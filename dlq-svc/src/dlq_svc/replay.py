@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from dlq_svc.metrics import REPLAYS, replay_outcome
 from dlq_svc.model import EntryRef, ReplayProgress, Selection, Status
@@ -97,6 +99,28 @@ def _ledger_skip(state: JobState) -> str | None:
     if state in (JobState.RUNNING, JobState.RETRYING):
         return f"skipped: job is {state.value} in the ledger"
     return None
+
+
+_TRACER = trace.get_tracer("relayq.dlq")
+
+
+def _link_to(trace_id: str) -> list[Link]:
+    """A span link to the job's original trace. The ledger keeps only the trace id, so the
+    link names the trace (its span id is derived from it, not a recorded span): trace viewers
+    open the original trace from the replay's."""
+    try:
+        tid = int(trace_id, 16)
+    except ValueError:
+        return []
+    if not tid:
+        return []
+    context = SpanContext(
+        trace_id=tid,
+        span_id=(tid & 0xFFFFFFFFFFFFFFFF) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return [Link(context)]
 
 
 class Replayer:
@@ -199,7 +223,16 @@ class Replayer:
                 verdict = await self._ledger_verdict(db, job_id, entry.idempotency_key)
                 raise _Skip(verdict or "skipped: the ledger did not re-open the job")
             try:
-                await self._publisher.publish(specs)
+                # The replayed run is a new trace (this RPC's), linked to the job's first one.
+                with _TRACER.start_as_current_span(
+                    "relayq.replay",
+                    links=_link_to(entry.trace_id),
+                    attributes={
+                        "relayq.job_id": job_id,
+                        "relayq.replay_of_trace_id": entry.trace_id,
+                    },
+                ):
+                    await self._publisher.publish(specs)
             except Exception as exc:  # kombu/redis raise many types; all mean "not sent"
                 raise Unavailable(f"the broker is unavailable ({type(exc).__name__})") from exc
             await self._ledger.mark_enqueued(db, [job_id])
