@@ -11,6 +11,7 @@ the history goes, the charge exists once and the job succeeded once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
@@ -24,7 +25,7 @@ from relayq_core.jobs import JobSpec, JobState
 from relayq_core.retry import RetryPolicy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.handlers import demo
-from worker_svc.runner import Decision, Delivery, Done, handle
+from worker_svc.runner import Decision, Delivery, Done, Interrupted, handle
 from worker_svc.runtime import Runtime
 
 pytestmark = pytest.mark.integration
@@ -47,6 +48,9 @@ def failing_after_effect(kind: str) -> Any:
     return handler
 
 
+#: What a delivery raises when its connection is cut (as when its worker is SIGKILLed).
+DIED: tuple[type[BaseException], ...] = (Interrupted, *UNAVAILABLE_ERRORS)
+
 # Retries never run out in these histories: the property is about repeats, not the DLQ.
 POLICY = RetryPolicy(max_retries=100, max_worker_losses=100)
 
@@ -58,7 +62,7 @@ async def deliver(
     try:
         decision, _ = await handle(runtime, ledger, delivery, handler, POLICY, failures_before=0)
         return decision
-    except UNAVAILABLE_ERRORS:
+    except DIED:
         await runtime.discard_connection()  # the "worker" died; its message will come back
         return None
 
@@ -148,6 +152,49 @@ def test_a_killed_transaction_leaves_no_effect(database_url: str) -> None:
             job = await ledger.get_job(conn, spec.job_id)
             assert job is not None and job.worker_losses == 1
             assert [a.outcome for a in job.attempts] == ["worker_lost", "succeeded"]
+        finally:
+            await runtime.discard_connection()
+            await conn.close()
+
+    asyncio.run(check())
+
+
+def test_an_attempt_cut_by_a_database_outage_is_not_a_worker_loss(database_url: str) -> None:
+    """A Postgres restart cuts every running attempt's connection; the worker is fine. The
+    delivery that takes over says which attempt it resumes, and no worker loss is counted (two
+    outages would otherwise make a healthy job look like a poison job)."""
+
+    async def check() -> None:
+        key = f"outage-{uuid.uuid4()}"
+        spec = JobSpec(
+            str(uuid.uuid4()), key, "demo.charge", "default", {"account": "a", "amount_cents": 7}
+        )
+        conn: asyncpg.Connection = await connect(database_url)
+        runtime = Runtime(database_url)
+        try:
+            await ledger.insert_jobs(conn, [spec])
+            delivery = Delivery("demo.charge", spec.job_id, key, spec.payload, "w")
+            with pytest.raises(Interrupted) as cut:
+                await handle(runtime, ledger, delivery, failing_after_effect("killed"), POLICY, 0)
+            assert cut.value.attempt == 1
+            await runtime.discard_connection()
+            resumed = dataclasses.replace(delivery, resuming=cut.value.attempt)
+            assert isinstance(await deliver(runtime, resumed), Done)
+            job = await ledger.get_job(conn, spec.job_id)
+            assert job is not None and job.state is JobState.SUCCEEDED
+            assert job.worker_losses == 0
+            assert [a.outcome for a in job.attempts] == ["interrupted", "succeeded"]
+            # A stale copy of the mark (the message came back after another delivery claimed
+            # the job) does not excuse a real loss.
+            again = JobSpec(str(uuid.uuid4()), f"{key}-2", "demo.charge", "default", spec.payload)
+            await ledger.insert_jobs(conn, [again])
+            first = Delivery("demo.charge", again.job_id, again.idempotency_key, again.payload, "w")
+            await deliver(runtime, first, failing_after_effect("killed"))  # attempt 1, cut
+            await deliver(runtime, first, failing_after_effect("killed"))  # attempt 2: a loss
+            stale = dataclasses.replace(first, resuming=1)
+            assert isinstance(await deliver(runtime, stale), Done)
+            job = await ledger.get_job(conn, again.job_id)
+            assert job is not None and job.worker_losses == 2
         finally:
             await runtime.discard_connection()
             await conn.close()

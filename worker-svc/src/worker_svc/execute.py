@@ -32,6 +32,7 @@ from worker_svc.runner import (
     Delivery,
     Done,
     Handler,
+    Interrupted,
     Outcome,
     Retry,
     RunResult,
@@ -68,6 +69,9 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
         if not job_id or not isinstance(message.get("payload"), dict):
             log.error("job_message_malformed", keys=sorted(message))
             return None
+        # Only the delivery that follows an interrupted attempt resumes it; retries of this
+        # one must not carry the mark (a worker death then would not count as a loss).
+        resuming = message.pop("resuming", None)
         delivery = Delivery(
             task=task.name,
             job_id=job_id,
@@ -75,6 +79,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             payload=message["payload"],
             worker=f"{task.request.hostname or 'worker'}:{os.getpid()}",
             queue=str(message.get("queue") or catalog.default_queue),
+            resuming=int(resuming) if isinstance(resuming, int) else None,
         )
         policy = policies.for_task(task.name)
         failures = int(message.get("failures", 0))
@@ -84,11 +89,15 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             )
         except Deferred as exc:
             log.info("job_deferred", reason=str(exc), countdown=settings.defer_seconds)
-            _again(task, settings.defer_seconds, message, exc)
+            _again(task, settings.defer_seconds, _resume(message, resuming), exc)
+        except Interrupted as exc:
+            runtime.run(runtime.discard_connection())
+            log.warning("job_deferred", reason="database lost mid-attempt", attempt=exc.attempt)
+            _again(task, INFRA_RETRY_SECONDS, _resume(message, exc.attempt), exc)
         except UNAVAILABLE_ERRORS as exc:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)
-            _again(task, INFRA_RETRY_SECONDS, message, exc)
+            _again(task, INFRA_RETRY_SECONDS, _resume(message, resuming), exc)
         count(delivery, message, decision, run)
         if isinstance(decision, Retry):
             log.info(
@@ -105,6 +114,11 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             return None
         assert isinstance(decision, Done)
         return decision.result
+
+
+def _resume(message: dict[str, Any], attempt: Any) -> dict[str, Any]:
+    """The message for a delivery that takes over ``attempt`` (None: nothing to take over)."""
+    return message if attempt is None else {**message, "resuming": attempt}
 
 
 async def _staged(job_id: str) -> tuple[JobRecord, dict[str, Any]] | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
+from relayq_core.db.ledger import UNAVAILABLE_ERRORS, Claim, JobLedger
 from relayq_core.errors import JobError
 from relayq_core.jobs import AttemptRecord, JobState
 from relayq_core.logging import get_logger
@@ -61,6 +61,15 @@ class Outcome(StrEnum):
 
 class Deferred(Exception):
     """Another delivery of this job holds it longer than we wait; try this one again later."""
+
+
+class Interrupted(Exception):
+    """The database went away after this delivery claimed ``attempt``: run it again later,
+    telling the next delivery it resumes that attempt (an outage is not a worker loss)."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"the database connection was lost during attempt {attempt}")
+        self.attempt = attempt
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class Delivery:
     payload: JsonObject
     worker: str
     queue: str = "default"
+    #: The attempt a database outage cut short, which this delivery takes over.
+    resuming: int | None = None
 
 
 async def run_delivery(
@@ -120,7 +131,7 @@ async def run_delivery(
     Database outages propagate (the caller retries the delivery later).
     """
     conn = await runtime.connection()
-    claim = await ledger.claim(conn, delivery.job_id)
+    claim = await ledger.claim(conn, delivery.job_id, delivery.resuming)
     if claim is None:
         peek = await ledger.peek_state(conn, delivery.job_id)
         if peek is None:
@@ -132,7 +143,41 @@ async def run_delivery(
         log.info("job_duplicate_delivery", state=peek.state.value)
         return RunResult(Outcome.DUPLICATE, result=found[1] if found else peek.result)
 
+    try:
+        return await _run_claimed(runtime, ledger, delivery, handler, claim, max_worker_losses)
+    except Exception as exc:
+        if isinstance(exc, UNAVAILABLE_ERRORS) or conn.is_closed():
+            raise Interrupted(claim.attempt) from exc
+        raise
+
+
+async def _run_claimed(
+    runtime: Runtime,
+    ledger: JobLedger,
+    delivery: Delivery,
+    handler: Handler,
+    claim: Claim,
+    max_worker_losses: int,
+) -> RunResult:
+    """The part of a delivery after its claim (see :func:`run_delivery`)."""
+    conn = await runtime.connection()
     started_at = datetime.now(UTC)
+    if claim.interrupted:
+        # The previous attempt lost its database connection: recorded, not counted as a loss.
+        await ledger.record_attempt(
+            conn,
+            delivery.job_id,
+            AttemptRecord(
+                claim.attempt - 1,
+                delivery.worker,
+                started_at,
+                0.0,
+                "interrupted",
+                "DatabaseUnavailable",
+                "the database connection was lost during this attempt",
+            ),
+        )
+        log.info("job_attempt_interrupted", attempt=claim.attempt - 1)
     if claim.abandoned:
         # The previous attempt's worker died mid-run: record that attempt as lost.
         await ledger.record_attempt(
@@ -346,7 +391,12 @@ async def handle(
             runtime, ledger, delivery, handler, max_worker_losses=policy.max_worker_losses
         )
         decision = decide(run, policy, failures_before)
-        await settle(runtime, ledger, delivery, run, decision)
+        try:
+            await settle(runtime, ledger, delivery, run, decision)
+        except UNAVAILABLE_ERRORS as exc:
+            if run.attempt:
+                raise Interrupted(run.attempt) from exc
+            raise
         return decision, run
     finally:
         if not conn.is_closed():

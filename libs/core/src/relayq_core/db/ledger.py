@@ -64,11 +64,13 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 @dataclass(frozen=True)
 class Claim:
-    """A started attempt: its number, and whether an earlier delivery died holding the job."""
+    """A started attempt: its number, and whether an earlier delivery died holding the job
+    (``abandoned``) or lost its database connection mid-attempt (``interrupted``)."""
 
     attempt: int
     worker_losses: int
     abandoned: bool
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,15 +236,21 @@ class JobLedger:
         """Releases :meth:`lock_job`."""
         await db.execute(_Q["unlock_job"], job_id)
 
-    async def claim(self, db: Executor, job_id: str) -> Claim | None:
-        """Starts an attempt; None when the job is finished, awaiting its DLQ report, or unknown."""
-        row = await db.fetchrow(_Q["claim"], job_id)
+    async def claim(self, db: Executor, job_id: str, resuming: int | None = None) -> Claim | None:
+        """Starts an attempt; None when the job is finished, awaiting its DLQ report, or unknown.
+
+        ``resuming``: the attempt this delivery continues after a database outage cut it short
+        (not a worker loss).
+        """
+        row = await db.fetchrow(_Q["claim"], job_id, resuming)
         if row is None:
             return None
+        interrupted = bool(row["interrupted"])
         return Claim(
             attempt=int(row["attempt_count"]),
             worker_losses=int(row["worker_losses"]),
-            abandoned=row["prev_state"] == JobState.RUNNING.value,
+            abandoned=row["prev_state"] == JobState.RUNNING.value and not interrupted,
+            interrupted=interrupted,
         )
 
     async def record_duplicate(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:

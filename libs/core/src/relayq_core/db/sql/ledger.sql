@@ -51,19 +51,23 @@ SELECT pg_advisory_unlock(hashtextextended($1, 0));
 
 -- name: claim
 -- A delivery starts an attempt (run under lock_job). A job found 'running' was abandoned by a
--- delivery whose worker died (it no longer holds the lock): that counts as a worker loss.
--- Finished jobs, and jobs waiting for their dead letter to be stored, are not claimed.
+-- delivery whose worker died (it no longer holds the lock): that counts as a worker loss,
+-- unless this delivery resumes attempt $2, which lost its database connection (an outage,
+-- not a dying worker: "interrupted"). Finished jobs, and jobs waiting for their dead letter
+-- to be stored, are not claimed.
 WITH prev AS (
-    SELECT job_id, state AS prev_state FROM relayq_jobs
+    SELECT job_id, state AS prev_state, attempt_count AS prev_attempt FROM relayq_jobs
     WHERE job_id = $1 AND pending_dead_letter IS NULL
 )
 UPDATE relayq_jobs j
 SET state = 'running', attempt_count = j.attempt_count + 1,
-    worker_losses = j.worker_losses + (prev.prev_state = 'running')::int,
+    worker_losses = j.worker_losses
+        + (prev.prev_state = 'running' AND prev.prev_attempt IS DISTINCT FROM $2::int)::int,
     updated_at = now(), started_at = coalesce(j.started_at, now()), next_attempt_at = NULL
 FROM prev
 WHERE j.job_id = prev.job_id AND prev.prev_state NOT IN ('succeeded', 'dead_lettered')
-RETURNING j.attempt_count, j.worker_losses, prev.prev_state;
+RETURNING j.attempt_count, j.worker_losses, prev.prev_state,
+    (prev.prev_state = 'running' AND prev.prev_attempt = $2::int) AS interrupted;
 
 -- name: record_duplicate
 -- A delivery of a job that is already finished: counted, nothing else changes.
