@@ -78,6 +78,7 @@ async def dlq_server(
     admin_token: str = ADMIN_TOKEN,
     trace_url_template: str = TRACE_URL_TEMPLATE,
     max_ids: int = 10_000,
+    redact_fields: str = "",
 ) -> AsyncIterator[Dlq]:
     """Starts dlq-svc's servicer on a free port; ``admin_token=""`` turns auth off."""
     settings = DlqSettings.model_validate(
@@ -85,6 +86,7 @@ async def dlq_server(
             "admin_token": admin_token or None,
             "trace_url_template": trace_url_template,
             "max_ids": max_ids,
+            "RELAYQ_REDACT_FIELDS": redact_fields,
         }
     )
     pool = await create_pool(database_url, max_size=10)

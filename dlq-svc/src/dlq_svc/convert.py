@@ -19,6 +19,7 @@ from dlq_svc.model import (
 from relayq.v1 import dead_letter_pb2, job_pb2
 from relayq_core.errors import InvalidArgument
 from relayq_core.jobs import AttemptRecord
+from relayq_core.redaction import mask_fields, scrub_text
 
 
 def _dt(msg: Message, field: str, label: str = "") -> datetime | None:
@@ -123,8 +124,15 @@ def _audit_to_proto(a: AuditRecord) -> dead_letter_pb2.AuditRecord:
     )
 
 
-def dead_letter_to_proto(entry: DeadLetter, trace_url_template: str) -> dead_letter_pb2.DeadLetter:
-    """An entry; traceback and audit are whatever the entry holds (empty in listings)."""
+def dead_letter_to_proto(
+    entry: DeadLetter, trace_url_template: str, redact_fields: frozenset[str] = frozenset()
+) -> dead_letter_pb2.DeadLetter:
+    """An entry; traceback and audit are whatever the entry holds (empty in listings).
+
+    For display: payload fields named in ``redact_fields`` (any depth) show as ``"***"`` and
+    credentials in the error text and traceback are masked; the stored entry, which replay
+    publishes, is untouched.
+    """
     msg = dead_letter_pb2.DeadLetter(
         id=entry.job_id,
         job_id=entry.job_id,
@@ -133,8 +141,8 @@ def dead_letter_to_proto(entry: DeadLetter, trace_url_template: str) -> dead_let
         queue=entry.queue,
         reason=entry.reason.value,
         error_type=entry.error_type,
-        error_message=entry.error_message,
-        traceback=entry.traceback,
+        error_message=scrub_text(entry.error_message),
+        traceback=scrub_text(entry.traceback),
         attempts=[attempt_to_proto(a) for a in entry.attempts],
         trace_id=entry.trace_id,
         trace_url=render_trace_url(trace_url_template, entry.trace_id),
@@ -145,7 +153,7 @@ def dead_letter_to_proto(entry: DeadLetter, trace_url_template: str) -> dead_let
         audit=[_audit_to_proto(a) for a in entry.audit],
         updated_at=_ts(entry.updated_at),
     )
-    msg.payload.update(entry.payload)
+    msg.payload.update(mask_fields(entry.payload, redact_fields))
     return msg
 
 

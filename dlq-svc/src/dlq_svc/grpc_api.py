@@ -10,7 +10,7 @@ import grpc
 
 from dlq_svc import convert, validation
 from dlq_svc.auth import ACTOR_KEY, metadata_value
-from dlq_svc.model import Selection
+from dlq_svc.model import DeadLetter, Selection
 from dlq_svc.service import DeadLetters
 from relayq.v1 import dead_letter_pb2 as pb
 from relayq.v1 import dead_letter_pb2_grpc
@@ -27,10 +27,22 @@ def _actor(context: Context) -> str:
 class DeadLetterServicer(dead_letter_pb2_grpc.DeadLetterServiceServicer):
     """Thin adapter: the logic lives in ``dlq_svc.service``, ``replay`` and ``validation``."""
 
-    def __init__(self, service: DeadLetters, *, trace_url_template: str, max_ids: int) -> None:
+    def __init__(
+        self,
+        service: DeadLetters,
+        *,
+        trace_url_template: str,
+        max_ids: int,
+        redact_fields: frozenset[str] = frozenset(),
+    ) -> None:
         self._service = service
         self._trace_url_template = trace_url_template
         self._max_ids = max_ids
+        self._redact_fields = redact_fields
+
+    def _entry(self, entry: DeadLetter) -> pb.DeadLetter:
+        """An entry as clients see it: payload fields named in RELAYQ_REDACT_FIELDS masked."""
+        return convert.dead_letter_to_proto(entry, self._trace_url_template, self._redact_fields)
 
     def _selection(
         self, ids: Any, has_filter: bool, f: pb.DeadLetterFilter, action: str
@@ -50,7 +62,7 @@ class DeadLetterServicer(dead_letter_pb2_grpc.DeadLetterServiceServicer):
         except RelayqError as exc:
             await abort_with(context, exc)
         return pb.ReportDeadLetterResponse(
-            dead_letter=convert.dead_letter_to_proto(outcome.entry, self._trace_url_template),
+            dead_letter=self._entry(outcome.entry),
             duplicate=outcome.duplicate,
         )
 
@@ -66,9 +78,7 @@ class DeadLetterServicer(dead_letter_pb2_grpc.DeadLetterServiceServicer):
         except RelayqError as exc:
             await abort_with(context, exc)
         return pb.ListDeadLettersResponse(
-            dead_letters=[
-                convert.dead_letter_to_proto(e, self._trace_url_template) for e in page.entries
-            ],
+            dead_letters=[self._entry(e) for e in page.entries],
             next_page_token=validation.encode_page_token(page.next) if page.next else "",
         )
 
@@ -79,9 +89,7 @@ class DeadLetterServicer(dead_letter_pb2_grpc.DeadLetterServiceServicer):
             entry = await self._service.get(validation.entry_id(request.id))
         except RelayqError as exc:
             await abort_with(context, exc)
-        return pb.GetDeadLetterResponse(
-            dead_letter=convert.dead_letter_to_proto(entry, self._trace_url_template)
-        )
+        return pb.GetDeadLetterResponse(dead_letter=self._entry(entry))
 
     async def GetDeadLetterStats(
         self, request: pb.GetDeadLetterStatsRequest, context: Context

@@ -27,6 +27,7 @@ from relayq_core.grpc_server import RunningServer, run_until_signalled, start_se
 from relayq_core.logging import configure_logging, get_logger
 from relayq_core.publish import Publisher
 from relayq_core.telemetry import configure_tracing
+from relayq_core.tls import server_tls
 
 __all__ = ["build_servicer", "migrate", "registration", "start", "serve", "main"]
 
@@ -54,6 +55,7 @@ def build_servicer(
         DeadLetters(store, replayer),
         trace_url_template=settings.trace_url_template,
         max_ids=settings.max_ids,
+        redact_fields=settings.redact_field_names,
     )
 
 
@@ -66,8 +68,8 @@ def interceptors(settings: DlqSettings) -> list[grpc.aio.ServerInterceptor[Any, 
 async def start(
     servicer: DeadLetterServicer, settings: DlqSettings, address: str | None = None
 ) -> RunningServer:
-    """Starts the gRPC server (health, reflection, admin-token check) on ``address``
-    (default: the settings' host and port; port 0 picks a free one)."""
+    """Starts the gRPC server (health, reflection, admin-token check, TLS when configured) on
+    ``address`` (default: the settings' host and port; port 0 picks a free one)."""
     if not settings.admin_token_value:
         log.warning("dlq_admin_token_unset", detail="Replay, Drop and Purge are open to anyone")
     return await start_server(
@@ -75,6 +77,7 @@ async def start(
         address or f"{settings.host}:{settings.grpc_port}",
         interceptors=interceptors(settings),
         max_message_bytes=settings.max_message_bytes,
+        tls=server_tls(settings),
     )
 
 
@@ -91,6 +94,7 @@ async def serve(settings: DlqSettings) -> None:
         "dlq_started",
         grpc_port=running.port,
         auth=bool(settings.admin_token_value),
+        tls=running.tls,
         trace_urls=bool(settings.trace_url_template),
     )
 
@@ -104,7 +108,12 @@ async def serve(settings: DlqSettings) -> None:
 def main() -> None:
     """Console entry point."""
     settings = DlqSettings()
-    configure_logging("dlq-svc", level=settings.log_level, json=settings.log_json)
+    configure_logging(
+        "dlq-svc",
+        level=settings.log_level,
+        json=settings.log_json,
+        redact_fields=settings.redact_field_names,
+    )
     configure_tracing(
         "dlq-svc", export=settings.otlp_endpoint is not None, grpc_server=True, celery=True
     )
