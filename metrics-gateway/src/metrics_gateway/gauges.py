@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc
 from relayq_core.db.ledger import JobLedger
 from relayq_core.logging import get_logger
+from relayq_core.tls import ClientTls, aio_channel
 
 log = get_logger(__name__)
 
@@ -133,6 +134,6 @@ class FleetGauges:
         yield errors
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """The gateway's channel to dlq-svc."""
-    return grpc.aio.insecure_channel(address)
+def channel(address: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """The gateway's channel to dlq-svc (TLS when ``tls`` is given)."""
+    return aio_channel(address, tls)

@@ -18,6 +18,7 @@ from relayq.v1 import dead_letter_pb2_grpc
 from relayq_core.catalog import load_catalog
 from relayq_core.db.ledger import create_pool
 from relayq_core.logging import configure_logging
+from relayq_core.tls import client_tls
 
 
 class _Rendered(Collector):
@@ -40,7 +41,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.source_timeout_seconds)
         pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-        dlq_channel = channel(settings.dlq_grpc)
+        dlq_channel = channel(settings.dlq_grpc, client_tls(settings))
         state["gauges"] = FleetGauges(
             redis,
             pool,
@@ -74,7 +75,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 def main() -> None:
     """Console entry point."""
     settings = GatewaySettings()
-    configure_logging("metrics-gateway", level=settings.log_level, json=settings.log_json)
+    configure_logging(
+        "metrics-gateway",
+        level=settings.log_level,
+        json=settings.log_json,
+        redact_fields=settings.redact_field_names,
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -15,6 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, job_pb2
 from relayq_core.jobs import JobRecord
+from relayq_core.tls import ClientTls, channel
 
 
 def _ts(value: datetime | str | None) -> timestamp_pb2.Timestamp | None:
@@ -64,17 +65,18 @@ def build_report(job: JobRecord, staged: dict[str, Any]) -> dead_letter_pb2.Repo
 
 
 class DlqClient:
-    """A per-process ``DeadLetterService`` client."""
+    """A per-process ``DeadLetterService`` client (TLS when ``tls`` is given)."""
 
-    def __init__(self, address: str, timeout_seconds: float) -> None:
+    def __init__(self, address: str, timeout_seconds: float, tls: ClientTls | None = None) -> None:
         self._address = address
         self._timeout = timeout_seconds
+        self._tls = tls
         self._pid = -1
         self._channel: grpc.Channel | None = None
 
     def _stub(self) -> dead_letter_pb2_grpc.DeadLetterServiceStub:
         if self._channel is None or self._pid != os.getpid():
-            self._channel = grpc.insecure_channel(self._address)
+            self._channel = channel(self._address, self._tls)
             self._pid = os.getpid()
         return dead_letter_pb2_grpc.DeadLetterServiceStub(self._channel)
 

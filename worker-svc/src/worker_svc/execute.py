@@ -22,6 +22,7 @@ from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
 from relayq_core.jobs import JobRecord
 from relayq_core.logging import get_logger, job_context
 from relayq_core.telemetry import current_trace_id
+from relayq_core.tls import client_tls
 from worker_svc.app import catalog, policies, settings
 from worker_svc.dlq_client import DlqClient, build_report
 from worker_svc.metrics import JOB_RUNS, observe_duration
@@ -44,7 +45,7 @@ log = get_logger(__name__)
 
 runtime = Runtime(settings.database_url, settings.lock_wait_seconds)
 ledger = JobLedger()
-dlq = DlqClient(settings.dlq_grpc, settings.dlq_timeout_seconds)
+dlq = DlqClient(settings.dlq_grpc, settings.dlq_timeout_seconds, client_tls(settings))
 
 #: Delay before re-trying a delivery that could not reach Postgres.
 INFRA_RETRY_SECONDS = 2.0
