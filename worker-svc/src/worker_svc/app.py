@@ -36,13 +36,23 @@ import worker_svc.tasks  # noqa: E402,F401
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     """Celery calls this instead of configuring its own logging (main process)."""
-    configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
+    configure_logging(
+        "worker-svc",
+        level=settings.log_level,
+        json=settings.log_json,
+        redact_fields=settings.redact_field_names,
+    )
 
 
 @signals.worker_process_init.connect
 def _init_child(**_: Any) -> None:
     """Each prefork child sets up its own logging and tracing after the fork."""
-    configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
+    configure_logging(
+        "worker-svc",
+        level=settings.log_level,
+        json=settings.log_json,
+        redact_fields=settings.redact_field_names,
+    )
     configure_tracing(
         "worker-svc",
         export=settings.otlp_endpoint is not None,

@@ -36,7 +36,12 @@ def main() -> None:
     except (CatalogError, PolicyError) as exc:
         sys.exit(f"relayq-worker: {exc}")
 
-    configure_logging("worker-svc", level=settings.log_level, json=settings.log_json)
+    configure_logging(
+        "worker-svc",
+        level=settings.log_level,
+        json=settings.log_json,
+        redact_fields=settings.redact_field_names,
+    )
     log = get_logger(__name__)
     problems = configuration_problems()
     if problems:
