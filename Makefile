@@ -54,6 +54,10 @@ test-unit: setup
 test: lint typecheck proto-check  ## every check and every test (real Redis, Postgres, gRPC, Celery)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: chaos
+chaos: setup  ## the full chaos run (20k jobs, faults on a schedule); figures in .relayq/chaos-full.json
+	RELAYQ_CHAOS_SIZE=full $(BIN)/pytest tests/chaos -m chaos -s -p no:cacheprovider $(PYTEST_ARGS)
+
 up: setup  ## start the local stack (no Docker); endpoints go to .relayq/stack.env
 	$(STACK) up
 

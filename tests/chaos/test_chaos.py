@@ -1,0 +1,333 @@
+"""Chaos: a real local stack, a mixed load, faults on a schedule, and an audit that finds nothing.
+
+While clients submit ``demo.charge``, ``demo.echo``, ``demo.flaky`` and ``demo.fail`` jobs, an
+injector SIGKILLs random pool processes and whole worker nodes again and again (the harness's
+supervisor starts replacements), restarts Redis with its AOF, makes Redis lose its data
+(FLUSHALL and/or a restart without persistence: the reconciler repairs), restarts Postgres,
+takes dlq-svc down while jobs dead-letter, and kills ingest-svc mid-load (clients retry with
+the same keys). Then every job must end as its kind demands, each charge applied once, nothing
+stuck, and the ledger, the DLQ and the metrics must agree (tests/chaos/audit.py says exactly
+how). The figures are printed and written to ``.relayq/chaos-<size>.json``.
+
+``make test`` runs the CI size; ``make chaos`` the full one (``RELAYQ_CHAOS_SIZE=full``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from relayq.v1 import ingest_pb2_grpc
+from relayq_core.settings import repo_root
+from tests.chaos import audit as checks
+from tests.chaos.load import (
+    CHANNEL_OPTIONS,
+    JobPlan,
+    LoadReport,
+    plan,
+    request_for,
+    resubmit_all,
+    run_load,
+    submit_until_accepted,
+)
+from tests.chaos.sizes import (
+    DLQ_DOWN,
+    INGEST_KILL,
+    POSTGRES_RESTART,
+    REDIS_DATA_LOSS,
+    REDIS_FLUSHALL,
+    REDIS_RESTART,
+    ChaosSize,
+)
+from tests.chaos.stack import ChaosStack
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(3600)]
+
+
+class Injector:
+    """Two threads: periodic SIGKILLs (pool processes, whole nodes) and the one-off faults."""
+
+    def __init__(
+        self,
+        stack: ChaosStack,
+        size: ChaosSize,
+        seed: int,
+        kill_batch: list[JobPlan],
+        report: LoadReport,
+    ) -> None:
+        self.stack = stack
+        self.size = size
+        self.kill_batch = kill_batch
+        self.report = report
+        #: How the SubmitJobs call ingest died in the middle of ended for its client.
+        self.kill_call = ""
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.timeline: list[tuple[float, str]] = []
+        self._t0 = 0.0
+        self._threads = [
+            threading.Thread(target=self._guard(self._periodic), name="kills", daemon=True),
+            threading.Thread(target=self._guard(self._scheduled), name="faults", daemon=True),
+        ]
+
+    def _guard(self, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except Exception:
+                self.errors.append(traceback.format_exc())
+
+        return run
+
+    def _note(self, what: str) -> None:
+        self.timeline.append((round(time.monotonic() - self._t0, 1), what))
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+
+    def _periodic(self) -> None:
+        next_pool = self.size.pool_kill_every
+        next_node = self.size.node_kill_every
+        while not self.stop.wait(0.2):
+            now = time.monotonic() - self._t0
+            if now >= next_node:
+                self.stack.kill_node(self.rng)
+                self._note("node SIGKILL")
+                next_node += self.size.node_kill_every
+            if now >= next_pool:
+                if self.stack.kill_pool_process(self.rng):
+                    self._note("pool process SIGKILL")
+                next_pool += self.size.pool_kill_every
+
+    def _scheduled(self) -> None:
+        for fraction, fault in self.size.faults:
+            at = self._t0 + fraction * self.size.submit_seconds
+            if self.stop.wait(max(0.0, at - time.monotonic())):
+                return
+            self._note(f"{fault} begins")
+            if fault == REDIS_RESTART:
+                self.stack.redis_restart()
+            elif fault == REDIS_FLUSHALL:
+                self.stack.redis_flushall()
+            elif fault == REDIS_DATA_LOSS:
+                self.stack.redis_data_loss()
+            elif fault == POSTGRES_RESTART:
+                self.stack.postgres_restart()
+            elif fault == DLQ_DOWN:
+                self.stack.dlq_down(self.size.dlq_down_seconds, self.stop.wait)
+            elif fault == INGEST_KILL:
+                self._ingest_kill()
+            else:
+                raise ValueError(fault)
+            self._note(f"{fault} ends")
+
+    def _ingest_kill(self) -> None:
+        """SIGKILLs ingest in the middle of a big SubmitJobs call, then retries it as its
+        client would: same keys, until accepted. Some of the batch may be in the ledger (and
+        even published) without the client having heard of it."""
+        with grpc.insecure_channel(self.stack.ingest_address, options=CHANNEL_OPTIONS) as ch:
+            stub = ingest_pb2_grpc.IngestServiceStub(ch)
+            call = stub.SubmitJobs.future(request_for(self.kill_batch), timeout=30)
+            threading.Event().wait(0.05)  # the call is being recorded and published
+            self.stack.ingest_kill()
+            try:
+                call.result()
+                self.kill_call = "OK (answered before the kill)"
+            except grpc.RpcError as exc:
+                self.kill_call = exc.code().name
+            self.stop.wait(2.0)
+            self.stack.start("ingest")
+            self.stack.wait_healthy("ingest")
+            submit_until_accepted(stub, self.kill_batch, self.report)
+
+    def join_scheduled(self, timeout: float) -> None:
+        self._threads[1].join(timeout)
+
+    def halt(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+
+async def drain(stack: ChaosStack, keys: list[str], timeout: float) -> int:
+    """Waits until every job has ended; how many have not."""
+    deadline = time.monotonic() + timeout
+    left = len(keys)
+    while time.monotonic() < deadline:
+        try:
+            left = await checks.non_terminal(stack.database_url, keys)
+        except OSError:
+            left = len(keys)
+        if left == 0:
+            return 0
+        await asyncio.sleep(2)
+    return left
+
+
+def queue_empty(stack: ChaosStack) -> bool:
+    client = redis.Redis.from_url(stack.redis.url, socket_timeout=2)
+    try:
+        return int(client.llen("default")) == 0
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+async def test_nothing_is_lost_or_applied_twice_under_chaos(
+    chaos_size: ChaosSize, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    size = chaos_size
+    seed = random.randrange(1 << 30)
+    run_id = uuid.uuid4().hex[:8]
+    root = tmp_path_factory.mktemp(f"chaos-{size.name}")
+    stack = ChaosStack(root, size)
+    audit = checks.Audit()
+    began = time.monotonic()
+    await asyncio.to_thread(stack.up)
+    jobs = plan(run_id, size.jobs, seed, size.hold_ms)
+    keys = [j.key for j in jobs]
+    streamed, kill_batch = jobs[: -size.kill_batch], jobs[-size.kill_batch :]
+    load = LoadReport()
+    injector = Injector(stack, size, seed, kill_batch, load)
+    try:
+        started = time.monotonic()
+        injector.start()
+        await run_load(
+            stack.ingest_address, streamed, size.submit_seconds, size.batch, size.senders, load
+        )
+        await asyncio.to_thread(injector.join_scheduled, size.submit_seconds + 120)
+        injector.halt()  # the drain runs without faults: every fault has had its effect
+        loaded = time.monotonic()
+        left = await drain(stack, keys, size.drain_timeout)
+        drained = time.monotonic()
+        deadline = time.monotonic() + 30
+        while not queue_empty(stack) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)  # stray duplicates (the reconciler errs towards publishing)
+        # Every client retries once more, as if every answer had been lost: one job per key.
+        not_same = await asyncio.to_thread(resubmit_all, stack.ingest_address, jobs, load)
+        audit.check(not not_same, f"a re-submit did not return the first job: {not_same[:5]}")
+
+        # Metrics first, then the ledger: a late duplicate can only make the ledger larger.
+        live = {
+            n: stack.worker_metrics_url(n) for n in stack.workers if stack.procs[n].is_running()
+        }
+        live_dirs = {n: stack.metric_dirs[n][-1] for n in live}
+        dead_dirs = [
+            d for n, dirs in stack.metric_dirs.items() for d in dirs if d not in live_dirs.values()
+        ]
+        metrics_snapshot = {n: checks.runs_from_scrape(u) for n, u in live.items()}
+        ledger = await checks.audit_ledger(audit, stack.database_url, jobs, load)
+        pool_slots = size.workers * size.concurrency
+        slack = (
+            stack.faults["pool_process_sigkill"]
+            + stack.faults["node_sigkill"] * size.concurrency
+            + stack.faults["postgres_restart"] * pool_slots
+        )
+        checks.audit_metrics(audit, ledger, live, dead_dirs, live_dirs, slack)
+        del metrics_snapshot
+        await checks.audit_dlq(audit, stack.dlq_address, stack.database_url, jobs)
+
+        # Services that lived through the Postgres and Redis restarts still work.
+        gateway = checks.scrape(stack.gateway_metrics_url())
+        dlq_depth = sum(v for _, v in gateway.get("relayq_dlq_depth", []))
+        active = audit.figures["dlq"]["active"]
+        audit.check(
+            dlq_depth == active, f"the gateway's relayq_dlq_depth is {dlq_depth}, the DLQ {active}"
+        )
+        audit.check(
+            bool(gateway.get("relayq_queue_oldest_job_age_seconds")),
+            "the gateway no longer reads the ledger",
+        )
+        reconciler = checks.scrape(stack.reconciler_metrics_url())
+        requeued = {
+            labels["reason"]: int(v)
+            for labels, v in reconciler.get("relayq_reconciler_requeued_total", [])
+        }
+        resets = int(sum(v for _, v in reconciler.get("relayq_reconciler_broker_resets_total", [])))
+        losses = stack.faults["redis_flushall"] + stack.faults["redis_data_loss"]
+        audit.check(
+            resets >= 1 + losses, f"the reconciler saw {resets} broker resets for {losses} losses"
+        )
+        ingest = checks.scrape(f"http://127.0.0.1:{stack.port('ingest_http')}/metrics")
+
+        unavailable = load.failed_calls["UNAVAILABLE"] + load.item_errors["UNAVAILABLE"]
+        audit.check(not load.unexpected, f"clients got unexpected answers: {load.unexpected[:5]}")
+        audit.check(
+            stack.faults["ingest_kill"] == 0 or injector.kill_call == "UNAVAILABLE",
+            f"ingest was killed mid-call, and the call ended {injector.kill_call!r}",
+        )
+        for _, fault in size.faults:
+            audit.check(stack.faults[fault] >= 1, f"fault {fault} was never injected")
+        audit.check(stack.faults["pool_process_sigkill"] >= 1, "no pool process was killed")
+        audit.check(stack.faults["node_sigkill"] >= 1, "no node was killed")
+        audit.check(not injector.errors, f"the injector failed: {injector.errors}")
+        audit.check(left == 0, f"{left} jobs had not ended after {size.drain_timeout} s")
+
+        audit.figures |= {
+            "size": size.name,
+            "seed": seed,
+            "jobs": len(jobs),
+            "by_task": dict(
+                sorted({j.task: sum(1 for x in jobs if x.task == j.task) for j in jobs}.items())
+            ),
+            "workers": size.workers,
+            "concurrency": size.concurrency,
+            "faults": dict(sorted(stack.faults.items())),
+            "dlq_down_seconds": size.dlq_down_seconds,
+            "node_exits": dict(stack.node_exits),
+            "client": {
+                "calls": load.calls,
+                "failed_calls": dict(load.failed_calls),
+                "item_errors": dict(load.item_errors),
+                "resent_items": load.resent_items,
+                "duplicates_returned": load.duplicates,
+                "unavailable_seen": unavailable,
+                "kill_batch": len(kill_batch),
+                "kill_batch_call": injector.kill_call,
+                "resubmitted_all_keys_same_job": not not_same,
+            },
+            "reconciler_requeued": requeued,
+            "reconciler_broker_resets": resets,
+            "ingest_submitted_since_restart": {
+                labels["outcome"]: int(v)
+                for labels, v in ingest.get("relayq_jobs_submitted_total", [])
+            },
+            "timeline": injector.timeline,
+            "seconds": {
+                "start_stack": round(started - began, 1),
+                "load": round(load.seconds, 1),
+                "drain": round(drained - loaded, 1),
+                "total": round(time.monotonic() - began, 1),
+            },
+            "throughput_jobs_per_second": round(len(jobs) / max(1.0, drained - started), 1),
+            "logs": str(stack.stack.paths.logs),
+        }
+    finally:
+        injector.halt()
+        await asyncio.to_thread(stack.down)
+    figures = {**audit.figures, "problems": audit.problems}
+    out = repo_root() / ".relayq" / f"chaos-{size.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+    summary = {
+        k: figures.get(k) for k in ("jobs", "lost", "applied_twice", "stuck", "wrong_outcome")
+    }
+    print(f"\nchaos {size.name}: {json.dumps(summary)} faults {figures.get('faults')} -> {out}")
+    assert not audit.problems, "\n".join(audit.problems)
+    assert Path(out).exists()
