@@ -75,10 +75,14 @@ clean: down  ## stop the stack and remove its data and the virtualenvs
 
 # --- load and benchmark (load/) -----------------------------------------------------------------
 
-.PHONY: load
+.PHONY: load bench
 LOAD_ARGS ?= -c 50 -z 30s --rps 200
 LOAD_DATA := {"task": "demo.echo", "payload": {"n": {{.RequestNumber}}}, "idempotency_key": "load-{{newUUID}}"}
 
 load: up  ## 12k jobs/min for 30 s through gRPC (LOAD_ARGS); ghz report in .relayq/load-report.json
 	$(BIN)/relayq-load --insecure --call relayq.v1.IngestService.SubmitJob -d '$(LOAD_DATA)' \
 	    $(LOAD_ARGS) -O json -o .relayq/load-report.json
+
+BENCH_ARGS ?=
+bench: setup  ## relayq vs bare Celery on its own stack (~15 min; BENCH_ARGS=--quick: ~4); docs/benchmarks.md
+	$(PY) -m relayq_load.bench $(BENCH_ARGS)

@@ -23,6 +23,20 @@ def stack_env(state_dir: Path | None = None) -> dict[str, str]:
         return {}
 
 
+def clean_child_env(**extra: str) -> dict[str, str]:
+    """Our environment without ``RELAYQ_*`` variables, plus ``extra``: what a stack or baseline
+    process started by the bench gets, so that it starts its own servers instead of joining
+    whatever the caller's shell points at."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYQ_")}
+    env.update(extra)
+    return env
+
+
+def baseline_broker_url() -> str:
+    """The baseline Celery worker's broker (the bench passes ``$RELAYQ_BASELINE_BROKER_URL``)."""
+    return os.environ.get("RELAYQ_BASELINE_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
 def default_ingest_address(state_dir: Path | None = None) -> str | None:
     """``$RELAYQ_INGEST_GRPC``, else the running local stack's ingest address, else None."""
     return os.environ.get("RELAYQ_INGEST_GRPC") or stack_env(state_dir).get("RELAYQ_INGEST_GRPC")
