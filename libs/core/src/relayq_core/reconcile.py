@@ -2,47 +2,53 @@
 
 The Postgres ledger is the source of truth for which jobs exist and where they are; Redis only
 carries messages, and can lose them: a ``FLUSHALL``, a restart without persistence, the last
-second of an AOF, a worker node that dies holding messages (its unacked and retry messages come
-back only after the one-hour visibility timeout). The reconciler finds such jobs and publishes
-them again with their original ``job_id`` and ``idempotency_key``.
+second of an AOF, a worker node that dies holding messages, a worker that reconnects after a
+broker restart (Celery drops the retry messages it held; they stay in Redis's unacked hash until
+the one-hour visibility timeout). The reconciler finds such jobs and publishes them again with
+their original ``job_id`` and ``idempotency_key``.
 
 Re-publishing a job whose message is in fact still somewhere costs one duplicate delivery, which
-the worker's claim turns into a no-op (docs/idempotency.md): so every rule below errs towards
-re-publishing, and none needs to prove a message is gone, only that it is overdue.
+the worker's claim turns into a no-op (docs/idempotency.md). So no rule needs to prove that a
+message is gone. But a rule must never fire on a *slow* message, or it re-publishes the same
+jobs again and again while a backlog drains (each copy joining the back of the backlog): age
+alone proves nothing, because a legitimate backlog keeps jobs queued, and retries (whose message
+joins the back of the queue too) overdue, for as long as it takes to drain.
 
-Every ``interval_seconds`` (cheap: one ``GET`` and four index probes, each bounded):
+**Queue turnover** is what tells slow from lost, at the cost of two Redis commands per queue.
+Every ``scan_interval_seconds`` the reconciler notes the newest message of each queue
+(``LINDEX q 0``) and the time. Consumers pop from the other end, so once that message has left
+the list (``LPOS``, one server-side scan, nothing transferred) every message the list held at
+that time has been handed to a worker. One scan later (time for workers to claim what they
+popped) that time becomes the queue's *cutoff*: whatever a job was waiting for before the cutoff
+has reached a worker, and if the ledger still shows it waiting, the message is gone. A backlog
+that does not move never advances its cutoff; an empty queue advances it every scan.
 
-1. **Broker epoch.** The reconciler keeps a sentinel key in Redis. If it is missing, Redis lost
-   its data (or this is a brand-new broker): the reconciler writes a new one, notes the moment
-   (``sweep_before``, kept in the key so a crash mid-sweep resumes it) and re-publishes every
-   job that was ``queued`` before that moment, in batches of ``batch_size``. ``O(jobs queued)``
-   once per loss, nothing otherwise.
-2. **Overdue retries**: ``retrying`` jobs whose next attempt is more than ``deadline_seconds``
-   late. The retry message waits inside a worker (an ETA message, in Redis's unacked hash until
-   it runs); if that worker or Redis lost it, nothing else would ever run the job.
-3. **Abandoned deliveries**: ``running`` jobs older than the deadline whose job lock nobody
-   holds. Every live delivery holds the job's PostgreSQL session lock from before its claim to
-   after its outcome is recorded, so an unheld ``running`` job's worker died; its next delivery
-   counts the worker loss (poison-job detection still works).
-4. **Stalled dead letters**: staged dead letters (``pending_dead_letter``) that no worker has
-   tried to hand to dlq-svc for ``dead_letter_grace_seconds`` (workers touch the row on every
-   failed report). The next delivery only re-sends the report.
-5. **Never published**: ``queued`` jobs with no ``enqueued_at`` older than
-   ``unpublished_after_seconds`` (ingest died between the ledger and the broker and no client
-   re-submitted). Longer than any publish can take, so a refusal stays a refusal.
+With each new cutoff, per queue (each an index range scan over the few rows it can act on):
 
-Every ``scan_interval_seconds``, one more rule for messages that vanished without the whole
-broker going (a list edited by hand, a partial loss):
+- **missing messages**: ``queued`` jobs enqueued before the cutoff;
+- **lost retries**: ``retrying`` jobs whose retry was scheduled before the cutoff (its message
+  reached a worker, which holds it until due) and due more than ``deadline_seconds`` ago;
+- **abandoned deliveries**: ``running`` jobs that nobody holds. Every live delivery holds the
+  job's PostgreSQL session lock from before its claim until its outcome is recorded, so an
+  unheld ``running`` job's worker died (or lost the database). Each scan notes such jobs (older
+  than the deadline); those noted before the cutoff (any message Celery handed back when the
+  worker died has been delivered since) and still unheld are re-published; their next delivery
+  counts the worker loss, so poison-job detection still works;
+- **stalled dead letters**: staged dead letters (``pending_dead_letter``) last touched before
+  the cutoff and more than ``dead_letter_grace_seconds`` ago (workers touch the row on every
+  failed report to dlq-svc). The next delivery only re-sends the report.
 
-6. **Missing messages.** A legitimate backlog keeps jobs ``queued`` for as long as it takes to
-   drain, so age alone proves nothing, and looking for each job's message in the list costs
-   ``O(backlog)``. Instead the reconciler notes the newest message of each queue (``LINDEX q 0``)
-   and the time. Consumers pop from the other end, so once that message has left the list
-   (``LPOS``, one server-side scan, nothing transferred) every message the list held at that
-   time has been delivered. One scan later (time for workers to claim what they popped), a job
-   still ``queued`` that was enqueued before the noted time has no message left: it is
-   re-published. A backlog that does not move is never touched; an empty queue turns over at
-   once.
+Every ``interval_seconds`` (one ``GET`` and one index probe):
+
+- **Broker epoch.** The reconciler keeps a sentinel key in Redis. If it is missing, Redis lost
+  its data (or this is a brand-new broker): the reconciler writes a new one, notes the moment
+  (``sweep_before``, kept in the key so a crash mid-sweep resumes it) and re-publishes every
+  job that was ``queued`` before that moment, in batches of ``batch_size``: ``O(jobs queued)``
+  once per loss, nothing otherwise. Retries and abandoned deliveries follow with the next
+  cutoffs.
+- **Never published**: ``queued`` jobs with no ``enqueued_at`` older than
+  ``unpublished_after_seconds`` (ingest died between the ledger and the broker and no client
+  re-submitted). Longer than any publish can take, so a refusal stays a refusal.
 
 Each job re-published is logged (``job_requeued``, with its ``job_id`` and
 ``idempotency_key``) and counted in ``relayq_reconciler_requeued_total{reason}``. A failed cycle
@@ -57,6 +63,7 @@ import json
 import signal
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,7 +117,7 @@ class Reason(StrEnum):
     """Why a job was re-published (the ``reason`` label)."""
 
     BROKER_DATA_LOST = "broker_data_lost"
-    RETRY_OVERDUE = "retry_overdue"
+    RETRY_LOST = "retry_lost"
     WORKER_LOST = "worker_lost"
     DEAD_LETTER_STALLED = "dead_letter_stalled"
     NEVER_PUBLISHED = "never_published"
@@ -122,12 +129,14 @@ class ReconcilerSettings(CommonSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELAYQ_RECONCILER_", extra="ignore", frozen=True)
 
-    interval_seconds: float = Field(5.0, gt=0, description="Between cheap cycles (rules 1-5)")
+    interval_seconds: float = Field(
+        5.0, gt=0, description="Between checks of the broker's epoch and of unpublished submits"
+    )
     scan_interval_seconds: float = Field(
-        30.0, gt=0, description="Between scans of the broker's lists (rule 6)"
+        30.0, gt=0, description="Between queue turnover checks (and the rules they drive)"
     )
     deadline_seconds: float = Field(
-        60.0, gt=0, description="How late a retry, or how old an unheld running job, may be"
+        60.0, gt=0, description="How late a retry, or how long an unheld running job, may be"
     )
     dead_letter_grace_seconds: float = Field(
         120.0,
@@ -145,7 +154,7 @@ class ReconcilerSettings(CommonSettings):
 
 @dataclass
 class _Mark:
-    """The newest message of a queue at a moment (rule 6)."""
+    """The newest message of a queue at a moment (queue turnover)."""
 
     taken_at: datetime
     element: bytes | str | None  # None: the list was empty
@@ -160,6 +169,11 @@ class Deadlines:
     abandoned: float = 60.0
     dead_letter: float = 120.0
     unpublished: float = 120.0
+
+    @classmethod
+    def all(cls, seconds: float) -> Deadlines:
+        """Every deadline the same (tests)."""
+        return cls(seconds, seconds, seconds, seconds)
 
     @classmethod
     def of(cls, settings: ReconcilerSettings) -> Deadlines:
@@ -192,22 +206,20 @@ class Reconciler:
         self._deadlines = deadlines or Deadlines()
         self._batch = batch_size
         self._marks: dict[str, _Mark] = {}
+        #: Running jobs seen unheld: job id -> (queue, when first seen).
+        self._unheld: dict[str, tuple[str, datetime]] = {}
         self._epoch: str | None = None
 
     async def cycle(self, *, scan: bool = False) -> dict[Reason, int]:
-        """One pass of rules 1-5 (and 6 with ``scan``); how many jobs each re-published."""
-        done: dict[Reason, int] = {}
-        d = self._deadlines
+        """The epoch and unpublished checks (and, with ``scan``, the turnover-driven rules);
+        how many jobs each reason re-published."""
+        done: Tally[Reason] = Tally()
         done[Reason.BROKER_DATA_LOST] = await self.check_epoch()
-        for reason, query, age in (
-            (Reason.RETRY_OVERDUE, "requeue_overdue_retries", d.retry),
-            (Reason.WORKER_LOST, "requeue_abandoned", d.abandoned),
-            (Reason.DEAD_LETTER_STALLED, "requeue_stalled_dead_letters", d.dead_letter),
-            (Reason.NEVER_PUBLISHED, "requeue_unpublished", d.unpublished),
-        ):
-            done[reason] = await self._requeue_all(reason, query, age)
+        done[Reason.NEVER_PUBLISHED] = await self._requeue_all(
+            Reason.NEVER_PUBLISHED, "requeue_unpublished", self._deadlines.unpublished
+        )
         if scan:
-            done[Reason.MESSAGE_MISSING] = await self.scan_queues()
+            done.update(await self.scan_queues())
         return {reason: n for reason, n in done.items() if n}
 
     async def check_epoch(self) -> int:
@@ -245,17 +257,21 @@ class Reconciler:
         log.info("broker_sweep_finished", epoch=state["epoch"], requeued=total)
         return total
 
-    async def scan_queues(self) -> int:
-        """Rule 6, for every queue."""
-        total = 0
+    async def scan_queues(self) -> Tally[Reason]:
+        """Notes unheld running jobs, advances each queue's turnover, and applies the rules a
+        new cutoff allows (see the module docstring)."""
+        done: Tally[Reason] = Tally()
+        now = await self._db_now()
+        for row in await self._pool.fetch(
+            _Q["unheld_running"], self._deadlines.abandoned, self._batch
+        ):
+            self._unheld.setdefault(row["job_id"], (row["queue"], now))
         for queue in self._queues:
             mark = self._marks.get(queue)
             if mark is not None and mark.turned_over:
-                # Confirmed one scan ago: workers have had a scan interval to claim what they
-                # popped; whatever is still queued from before the mark has no message.
-                total += await self._requeue_all(
-                    Reason.MESSAGE_MISSING, "requeue_queued_before", queue, mark.taken_at
-                )
+                # Turned over one scan ago: workers have had a scan interval to claim what
+                # they popped. What still waits for a message from before the cutoff has none.
+                done += await self._apply_cutoff(queue, mark.taken_at)
                 mark = None
             if mark is not None and (
                 mark.element is None
@@ -267,7 +283,28 @@ class Reconciler:
                 newest = await self._redis.lindex(queue, 0)
                 mark = _Mark(taken_at, newest)
             self._marks[queue] = mark
-        return total
+        return done
+
+    async def _apply_cutoff(self, queue: str, cutoff: datetime) -> Tally[Reason]:
+        d = self._deadlines
+        done: Tally[Reason] = Tally()
+        done[Reason.MESSAGE_MISSING] = await self._requeue_all(
+            Reason.MESSAGE_MISSING, "requeue_queued_before", queue, cutoff
+        )
+        done[Reason.RETRY_LOST] = await self._requeue_all(
+            Reason.RETRY_LOST, "requeue_lost_retries", queue, cutoff, d.retry
+        )
+        done[Reason.DEAD_LETTER_STALLED] = await self._requeue_all(
+            Reason.DEAD_LETTER_STALLED, "requeue_stalled_dead_letters", queue, cutoff, d.dead_letter
+        )
+        seen = [j for j, (q, at) in self._unheld.items() if q == queue and at < cutoff]
+        if seen:
+            done[Reason.WORKER_LOST] = await self._requeue_all(
+                Reason.WORKER_LOST, "requeue_abandoned", seen, cutoff
+            )
+            for job_id in seen:  # re-published, or no longer abandoned: noted again if it is
+                del self._unheld[job_id]
+        return done
 
     async def _db_now(self) -> datetime:
         row = await self._pool.fetchrow(_Q["reconcile_now"])

@@ -154,14 +154,15 @@ WHERE queue = $1 AND state = 'queued' AND enqueued_at IS NOT NULL;
 UPDATE relayq_jobs SET updated_at = now()
 WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
 
--- The reconciler (relayq_core/reconcile.py). Each requeue_* query claims at most $2 (or $3)
--- jobs whose message the broker may have lost, oldest first, and returns what re-publishing
--- them needs. Claiming bumps the timestamps the query selects on, so a job is re-published
--- once per incident, and the caller publishes inside the same transaction: a publish that
--- fails rolls the claim back and the next cycle tries again. Rows a worker holds (SKIP LOCKED)
--- are being run right now, not lost. "failures" is how many retries the job's current run has
--- used (failed attempts with a countdown since its last terminal attempt), so a re-published
--- retry keeps its place in the retry policy.
+-- The reconciler (relayq_core/reconcile.py). Each requeue_* query claims at most its last
+-- parameter's number of jobs whose message the broker may have lost, oldest first, and returns
+-- what re-publishing them needs. Claiming bumps the timestamps the query selects on, so a job
+-- is re-published once per incident, and the caller publishes inside the same transaction: a
+-- publish that fails rolls the claim back and the next cycle tries again. Rows a worker holds
+-- (SKIP LOCKED) are being run right now, not lost. "failures" is how many retries the job's
+-- current run has used (failed attempts with a countdown since its last terminal attempt), so
+-- a re-published retry keeps its place in the retry policy. "Before $2" conditions take the
+-- moment at or after which the queue was seen consumed past every message it then held.
 
 -- name: reconcile_now
 SELECT now() AS now;
@@ -182,15 +183,17 @@ FROM picked
 WHERE j.job_id = picked.job_id
 RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
 
--- name: requeue_overdue_retries
--- Retries due more than $1 seconds ago: the worker holding the retry message (an ETA message,
--- kept in Redis's unacked hash until it runs) died, or Redis lost it.
+-- name: requeue_lost_retries
+-- Retries of queue $1 scheduled before $2 (so their message has left the list: a worker holds
+-- it until it is due, as an ETA message in Redis's unacked hash) and due more than $3 seconds
+-- ago: the worker holding the message died or reconnected (Celery drops held ETA messages on a
+-- broker reconnect), or Redis lost it.
 WITH picked AS (
     SELECT job_id FROM relayq_jobs
-    WHERE state = 'retrying' AND pending_dead_letter IS NULL
-      AND next_attempt_at < now() - make_interval(secs => $1)
+    WHERE queue = $1 AND state = 'retrying' AND pending_dead_letter IS NULL
+      AND updated_at < $2 AND next_attempt_at < now() - make_interval(secs => $3)
     ORDER BY next_attempt_at
-    LIMIT $2
+    LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
 UPDATE relayq_jobs j SET next_attempt_at = now(), enqueued_at = now(), updated_at = now()
@@ -205,10 +208,25 @@ RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id,
                                        OR (t.outcome = 'failed' AND t.countdown_seconds = 0))),
                                0))::int AS failures;
 
--- name: requeue_abandoned
+-- name: unheld_running
 -- Jobs "running" for more than $1 seconds whose delivery no longer holds the job's session
--- lock (lock_job): the worker running them died, and so did the connection holding the lock.
--- A live delivery always holds it, from before its claim until it has recorded the outcome.
+-- lock (lock_job): a live delivery always holds it, from before its claim until its outcome is
+-- recorded, so their worker died (or lost its database connection). At most $2.
+WITH held AS (
+    SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+SELECT job_id, queue FROM relayq_jobs
+WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
+  AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
+ORDER BY updated_at
+LIMIT $2;
+
+-- name: requeue_abandoned
+-- Of the jobs $1 (seen unheld before $2, when a dying worker's message had been handed back to
+-- the list if Celery could), those still running, still unheld and untouched since.
 WITH held AS (
     SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
     FROM pg_locks l
@@ -216,10 +234,10 @@ WITH held AS (
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 ), picked AS (
     SELECT job_id FROM relayq_jobs
-    WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
+    WHERE job_id = ANY($1::text[]) AND state = 'running' AND updated_at < $2
       AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
     ORDER BY updated_at
-    LIMIT $2
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
@@ -235,15 +253,16 @@ RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id,
                                0))::int AS failures;
 
 -- name: requeue_stalled_dead_letters
--- Staged dead letters nobody has tried to hand to dlq-svc for $1 seconds (workers touch them
--- on every failed report): the message carrying the hand-off is lost. Its next delivery only
--- sends the staged report; the handler does not run again.
+-- Staged dead letters of queue $1 last touched before $2 and more than $3 seconds ago (workers
+-- touch the row on every failed report, and their next report waits at most a minute): the
+-- message carrying the hand-off is lost. Its next delivery only sends the staged report; the
+-- handler does not run again.
 WITH picked AS (
     SELECT job_id FROM relayq_jobs
-    WHERE pending_dead_letter IS NOT NULL AND state = 'retrying'
-      AND updated_at < now() - make_interval(secs => $1)
+    WHERE queue = $1 AND pending_dead_letter IS NOT NULL AND state = 'retrying'
+      AND updated_at < $2 AND updated_at < now() - make_interval(secs => $3)
     ORDER BY updated_at
-    LIMIT $2
+    LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
 UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
