@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relayq-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layouts", default="2x2", help="NODESxPROCESSES, comma-separated (2x2)")
     p.add_argument("--runs", type=int, default=3, help="timed runs of each kind (3)")
+    p.add_argument(
+        "--other-runs", type=int, default=1, help="runs of each kind for the other layouts (1)"
+    )
     p.add_argument("--jobs", type=int, default=6000, help="jobs per relayq run (6000)")
     p.add_argument("--batch-size", type=int, default=100, help="jobs per SubmitJobs (100)")
     p.add_argument("--single-concurrency", type=int, default=64, help="SubmitJob in flight (64)")
@@ -209,6 +212,7 @@ async def bench_layout(args: argparse.Namespace, layout: Layout, headline: bool)
     log(f"{layout}: starting a fresh stack in {stack.state_dir}")
     stack.up()
     out: dict[str, Any] = {"layout": str(layout), "runs": {"single": [], "batched": []}}
+    runs = args.runs if headline else args.other_runs
     try:
         await e2e_run(stack, jobs=200, batch=50, concurrency=2, label="warmup")
         out["rss_before"] = worker_rss(stack)
@@ -216,12 +220,12 @@ async def bench_layout(args: argparse.Namespace, layout: Layout, headline: bool)
         workers = await asyncio.to_thread(BaselineWorkers, stack, layout)
         baseline_runs: list[dict[str, Any]] = []
         try:
-            for r in range(args.runs):
+            for r in range(runs):
                 for kind, batch, conc in (
                     ("single", 1, args.single_concurrency),
                     ("batched", args.batch_size, args.batch_concurrency),
                 ):
-                    log(f"{layout}: run {r + 1}/{args.runs} {kind}: {args.jobs} jobs")
+                    log(f"{layout}: run {r + 1}/{runs} {kind}: {args.jobs} jobs")
                     quiet = await wait_quiet(args, stack)
                     run = await e2e_run(
                         stack, jobs=args.jobs, batch=batch, concurrency=conc, label=kind
@@ -234,7 +238,7 @@ async def bench_layout(args: argparse.Namespace, layout: Layout, headline: bool)
                         f"other load {run['cores'].get('other', 0):.2f} cores)"
                     )
                     out["runs"][kind].append(run)
-                log(f"{layout}: run {r + 1}/{args.runs} bare Celery: {args.baseline_jobs} tasks")
+                log(f"{layout}: run {r + 1}/{runs} bare Celery: {args.baseline_jobs} tasks")
                 quiet = await wait_quiet(args, stack)
                 base = await baseline_run(workers, args.baseline_jobs)
                 base["other_load_before"] = quiet

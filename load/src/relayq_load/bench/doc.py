@@ -78,6 +78,46 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+CLIENT_ROLES = ("other", "bench", "load tool")
+
+
+def server_cpu_ms(run: dict[str, Any]) -> float:
+    """CPU milliseconds per job spent by the system under test (not clients, not other load)."""
+    costs: dict[str, float] = run.get("cpu_ms_per_job", {})
+    return sum(v for k, v in costs.items() if k not in CLIENT_ROLES)
+
+
+def capacity_per_min(cpu_ms: float, cores: int = 2) -> float:
+    """Jobs/min the CPU cost alone allows on ``cores`` otherwise idle cores."""
+    return cores * 60_000 / cpu_ms if cpu_ms > 0 else 0.0
+
+
+def _capacity_rows(results: dict[str, Any], layout: dict[str, Any]) -> list[list[str]]:
+    cores = int(results["machine"].get("cores") or 2)
+    rows = []
+    kinds = [
+        ("relayq single", layout["runs"]["single"]),
+        ("relayq batched", layout["runs"]["batched"]),
+        ("bare Celery", [b for b in layout["baseline"] if "cpu_ms_per_job" in b]),
+    ]
+    cells = []
+    for name, runs in kinds:
+        costs = [server_cpu_ms(r) for r in runs]
+        if costs:
+            cost = float(statistics.median(costs))
+            cells.append(f"{name} {cost:.2f} ms → {_fmt(capacity_per_min(cost, cores))}/min")
+    if cells:
+        rows.append(
+            [
+                f"CPU per job of the stack's processes, and the rate it allows on {cores} idle "
+                "cores (less sensitive to other load than the rates)",
+                "; ".join(cells),
+                "",
+            ]
+        )
+    return rows
+
+
 def _headline(results: dict[str, Any], layout: dict[str, Any]) -> list[str]:
     single = layout["single_median_jobs_per_min"]
     batched = layout["batched_median_jobs_per_min"]
@@ -116,6 +156,7 @@ def _headline(results: dict[str, Any], layout: dict[str, Any]) -> list[str]:
             f"{single / base:.2f}" if base else "n/a",
             "",
         ],
+        *_capacity_rows(results, layout),
     ]
     sustain = layout.get("sustain")
     if sustain:
@@ -423,10 +464,11 @@ def render(results: dict[str, Any], path: Path) -> None:
         "- **Profiles**: `py-spy record --nonblocking --threads --rate 50` on ingest, "
         "worker1's consumer and one of its pool processes.",
         "",
-        "Reproduce: `make bench` (defaults: "
-        f"`--layouts {settings['layouts']} --runs {settings['runs']} --jobs {settings['jobs']} "
-        f"--sustain {settings['sustain']:.0f}`), or "
-        "`.venv/bin/python -m relayq_load.bench --help`; `--quick` is a smoke test.",
+        "Reproduce: `make bench BENCH_ARGS='"
+        f"--layouts {settings['layouts']} --runs {settings['runs']} --jobs {settings['jobs']} "
+        f"--baseline-jobs {settings['baseline_jobs']} --sustain {settings['sustain']:.0f}'` "
+        "(this run's settings; `make bench` alone uses the defaults of "
+        "`.venv/bin/python -m relayq_load.bench --help`); `--quick` is a smoke test.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

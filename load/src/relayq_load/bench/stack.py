@@ -115,7 +115,8 @@ class BenchStack:
         self._stack(*argv)
         self._read_env()
         self._psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-        self._psql("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+        # Top-level statements only: what clients send, one round trip each.
+        self._psql("ALTER SYSTEM SET pg_stat_statements.track = 'top'")
         self._stack("down")
         self._stack(*argv)
         self._read_env()
