@@ -66,7 +66,7 @@ CI = ChaosSize(
 FULL = ChaosSize(
     name="full",
     jobs=20_000,
-    submit_seconds=150,
+    submit_seconds=240,
     batch=50,
     senders=4,
     workers=3,
@@ -84,7 +84,7 @@ FULL = ChaosSize(
         (0.68, INGEST_KILL),
         (0.80, REDIS_DATA_LOSS),
     ),
-    drain_timeout=420,
+    drain_timeout=900,
 )
 
 SIZES = {size.name: size for size in (CI, FULL)}

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -283,9 +284,7 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
             "size": size.name,
             "seed": seed,
             "jobs": len(jobs),
-            "by_task": dict(
-                sorted({j.task: sum(1 for x in jobs if x.task == j.task) for j in jobs}.items())
-            ),
+            "by_task": dict(sorted(Counter(j.task for j in jobs).items())),
             "workers": size.workers,
             "concurrency": size.concurrency,
             "faults": dict(sorted(stack.faults.items())),
