@@ -17,11 +17,13 @@ joins the back of the queue too) overdue, for as long as it takes to drain.
 **Queue turnover** is what tells slow from lost, at the cost of two Redis commands per queue.
 Every ``scan_interval_seconds`` the reconciler notes the newest message of each queue
 (``LINDEX q 0``) and the time. Consumers pop from the other end, so once that message has left
-the list (``LPOS``, one server-side scan, nothing transferred) every message the list held at
-that time has been handed to a worker. One scan later (time for workers to claim what they
-popped) that time becomes the queue's *cutoff*: whatever a job was waiting for before the cutoff
-has reached a worker, and if the ledger still shows it waiting, the message is gone. A backlog
-that does not move never advances its cutoff; an empty queue advances it every scan.
+the list every message the list held at that time has been handed to a worker. Whether it has
+is one ``LPOS … RANK -1``: a server-side scan from the consumers' end over the messages older
+than the noted one only (fewer at each scan as they are consumed), nothing transferred. One scan
+later (time for workers to claim what they popped) that time becomes the queue's *cutoff*:
+whatever a job was waiting for before the cutoff has reached a worker, and if the ledger still
+shows it waiting, the message is gone. A backlog that does not move never advances its cutoff;
+an empty queue advances it every scan.
 
 With each new cutoff, per queue (each an index range scan over the few rows it can act on):
 
@@ -275,7 +277,9 @@ class Reconciler:
                 mark = None
             if mark is not None and (
                 mark.element is None
-                or await self._redis.lpos(queue, cast(str, mark.element)) is None
+                # From the consumers' end: only the messages older than the mark are
+                # compared, fewer each scan as they are consumed (new arrivals are not).
+                or await self._redis.lpos(queue, cast(str, mark.element), rank=-1) is None
             ):
                 mark.turned_over = True
             if mark is None:
