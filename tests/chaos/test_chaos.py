@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import threading
 import time
 import traceback
@@ -189,13 +190,15 @@ def queue_empty(stack: ChaosStack) -> bool:
         client.close()
 
 
-async def test_nothing_is_lost_or_applied_twice_under_chaos(
-    chaos_size: ChaosSize, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+async def test_nothing_is_lost_or_applied_twice_under_chaos(chaos_size: ChaosSize) -> None:
     size = chaos_size
     seed = random.randrange(1 << 30)
     run_id = uuid.uuid4().hex[:8]
-    root = tmp_path_factory.mktemp(f"chaos-{size.name}")
+    # Kept after the run (unlike pytest's temporary directories) for whoever reads the figures:
+    # the stack's logs are in state/logs. The previous run of the same size is replaced.
+    root = repo_root() / ".relayq" / f"chaos-{size.name}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     stack = ChaosStack(root, size)
     audit = checks.Audit()
     began = time.monotonic()
