@@ -287,10 +287,12 @@ def _profile(layout: dict[str, Any]) -> list[str]:
     prof = layout.get("profile")
     if not prof:
         return ["_No profile in this run (`--profile 0`)._"]
+    seconds = next((p.get("seconds") for p in prof["processes"].values() if "seconds" in p), 0)
     lines = [
-        f"py-spy, {prof.get('seconds', '')} sampled during a batched run "
-        f"({_fmt(prof['jobs_per_min'])} jobs/min). *self* is where the samples were, *total* "
-        "includes callees; shares of the process's active samples; *busy* ≈ cores used.",
+        f"py-spy on three processes at once for {seconds} s during a batched run "
+        f"({_fmt(prof['jobs_per_min'])} jobs/min), samples taken while the thread held the GIL "
+        "(Python CPU, not waiting). *self*: the innermost function; *total*: anywhere on the "
+        "stack; shares of the process's samples. *busy* ≈ share of a core in Python code.",
     ]
     for role, data in prof["processes"].items():
         lines += ["", f"**{role}**"]
@@ -461,7 +463,7 @@ def render(results: dict[str, Any], path: Path) -> None:
         "- **Costs**: `pg_stat_statements` and `pg_stat_database` reset/read around each run, "
         "Redis `INFO commandstats` likewise; CPU from each process's `cpu_times` every second "
         "(psutil); worker RSS after the warm-up and at the end.",
-        "- **Profiles**: `py-spy record --nonblocking --threads --rate 50` on ingest, "
+        "- **Profiles**: `py-spy record --gil --nonblocking --threads --rate 100` on ingest, "
         "worker1's consumer and one of its pool processes.",
         "",
         "Reproduce: `make bench BENCH_ARGS='"

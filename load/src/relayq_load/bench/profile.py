@@ -9,9 +9,10 @@ with the thread as the root frame (``--threads``). From that we count, per proce
   callees included);
 - *by package*: self samples grouped by the innermost frame's top-level module.
 
-Percentages are of the process's active samples (py-spy leaves idle threads out). ``busy`` is
-active samples over the samples one always-busy thread would give: about the cores the process
-used (threads outside the GIL count, so it can exceed 1).
+Only samples of a thread holding the GIL are kept (``--gil``): a thread blocked in a socket
+call has released it, so what remains is where the Python process spends CPU, not where it
+waits. Percentages are of those samples; ``busy`` is their count over what one always-busy
+thread would give, about the share of a core the process's Python code used.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 from relayq_load.bench.stack import BIN
 
-RATE = 50
+RATE = 100
+_PLUMBING = ("(threading.py)", "(concurrent/futures/", "(click/", "(<frozen", "(runpy.py)")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*)\)$")
 
 
@@ -78,6 +80,10 @@ def analyse(text: str, seconds: float, rate: int = RATE, top: int = 15) -> dict[
         for label in {_label(f) for f in frames}:
             total_count[label] += count
     n = max(samples, 1)
+    # Entry points and thread plumbing are on (nearly) every stack: they say nothing.
+    for label in list(total_count):
+        if total_count[label] >= 0.9 * n or any(p in label for p in _PLUMBING):
+            del total_count[label]
 
     def shares(counter: Counter[str]) -> list[dict[str, Any]]:
         return [{"name": k, "pct": 100.0 * v / n} for k, v in counter.most_common(top)]
@@ -111,6 +117,7 @@ async def profile(targets: list[Target], seconds: int, out_dir: Path) -> dict[st
             "raw",
             "--nolineno",
             "--threads",
+            "--gil",
             "--nonblocking",
             "--output",
             str(path),
@@ -127,6 +134,7 @@ async def profile(targets: list[Target], seconds: int, out_dir: Path) -> dict[st
             continue
         results[target.role] = {
             "pid": target.pid,
+            "seconds": seconds,
             **analyse(path.read_text(encoding="utf-8"), seconds),
         }
     return results
