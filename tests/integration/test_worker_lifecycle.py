@@ -237,6 +237,7 @@ def test_a_node_keeps_consuming_across_redis_restarts(
             own_database,
             broker,
             RELAYQ_RECONCILER_INTERVAL_SECONDS="0.5",
+            RELAYQ_RECONCILER_SCAN_INTERVAL_SECONDS="1",
             RELAYQ_RECONCILER_DEADLINE_SECONDS="2",
         ),
         inherit_env=False,
