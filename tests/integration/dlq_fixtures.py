@@ -109,7 +109,7 @@ async def dlq_server(
         await channel.close(None)
         await running.stop(0)
         await pool.close()
-        publisher.close()
+        await publisher.close()
 
 
 async def fresh_database(postgres: PostgresServer) -> str:

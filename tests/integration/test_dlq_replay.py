@@ -345,7 +345,7 @@ async def test_a_delivery_cannot_see_the_job_before_the_replay_commits(
         await channel.close(None)
         await running.stop(0)
         await pool.close()
-        publisher.close()
+        await publisher.close()
 
 
 async def test_a_job_held_by_a_worker_is_skipped_and_left_alone(

@@ -130,7 +130,7 @@ async def world(ledger_url: str, broker: RedisServer) -> AsyncIterator[World]:
     assert await reconciler.cycle() == {}
     yield World(pool, client, sync, publisher, reconciler)
     sync.close()
-    publisher.close()
+    await publisher.close()
     await client.aclose()
     await pool.close()
 
@@ -304,10 +304,10 @@ async def test_a_failed_publish_leaves_the_claim_for_the_next_cycle(world: World
     dead = Publisher(f"redis://127.0.0.1:{free_port()}/0", QUEUE)
     broken = Reconciler(world.pool, world.aredis, dead, [QUEUE], deadlines=Deadlines.all(DEADLINE))
     try:
-        with pytest.raises(Exception):  # noqa: B017 (kombu's OperationalError and friends)
+        with pytest.raises(Exception):  # noqa: B017 (redis's ConnectionError and friends)
             await broken.cycle()
     finally:
-        dead.close()
+        await dead.close()
     assert await world.reconciler.cycle() == {Reason.NEVER_PUBLISHED: 1}
 
 

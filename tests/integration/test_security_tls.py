@@ -82,7 +82,7 @@ async def dlq_over_tls(
     finally:
         await running.stop(0)
         await pool.close()
-        publisher.close()
+        await publisher.close()
 
 
 async def health(address: str, tls: ClientTls | None) -> grpc.StatusCode:

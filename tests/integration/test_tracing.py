@@ -165,7 +165,7 @@ async def test_one_trace_from_submit_through_retries_to_the_dlq(
         assert time.monotonic() < deadline, dict(by_service)
         await asyncio.sleep(0.2)
     assert any("SubmitJob" in n for n in by_service["ingest-svc"])
-    assert any(n.startswith("apply_async/") for n in by_service["ingest-svc"])
+    assert "publish" in by_service["ingest-svc"]
     # every attempt is a span of the same trace: each retry is published from inside the
     # attempt before it
     assert job.attempt_count == 5 and len(runs) >= 5

@@ -71,7 +71,7 @@ def submit(database_url: str, broker_url: str, task: str, payload: dict[str, obj
             await publisher.publish([spec])
             await JobLedger().mark_enqueued(conn, [spec.job_id])
         finally:
-            publisher.close()
+            await publisher.close()
             await conn.close()
 
     asyncio.run(go())

@@ -100,7 +100,7 @@ async def serve(settings: DlqSettings) -> None:
 
     async def on_stop() -> None:
         await pool.close()
-        publisher.close()
+        await publisher.close()
 
     await run_until_signalled(running, grace=settings.grace_seconds, on_stop=on_stop)
 

@@ -233,7 +233,7 @@ class Replayer:
                     },
                 ):
                     await self._publisher.publish(specs)
-            except Exception as exc:  # kombu/redis raise many types; all mean "not sent"
+            except Exception as exc:  # redis raises many types; all mean "not sent"
                 raise Unavailable(f"the broker is unavailable ({type(exc).__name__})") from exc
             await self._ledger.mark_enqueued(db, [job_id])
             await claim.mark_replayed(actor, note, "enqueued")

@@ -1,21 +1,39 @@
 """Hands jobs to Celery by task name, without importing any worker code.
 
-Used by ingest (submits) and dlq-svc (replays). Publishing is blocking I/O (kombu), so it runs on
-one dedicated thread, off the event loop, and a batch shares one producer connection.
+Used by ingest (submits), dlq-svc (replays) and the reconciler. A call encodes its messages
+(:mod:`relayq_core.envelope`) and pushes them with one pipelined ``LPUSH`` per call, on the
+event loop (redis-py's asyncio client): no Celery producer, no thread hop, one round trip for
+a batch of any size.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
+import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from celery import Celery
+import redis.asyncio as aioredis
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from relayq_core.broker import celery_config
+from relayq_core.broker import (
+    HEALTH_CHECK_INTERVAL_SECONDS,
+    SOCKET_CONNECT_TIMEOUT_SECONDS,
+    SOCKET_TIMEOUT_SECONDS,
+)
+from relayq_core.envelope import encode, origin
 from relayq_core.jobs import JobSpec
+
+#: A publish that meets a dropped connection reconnects and tries again this many times (a
+#: Redis restart); a retried pipeline may push a message twice, which a worker's claim makes a
+#: no-op, never zero times without an error.
+PUBLISH_RETRIES = 2
+
+_tracer = trace.get_tracer(__name__)
 
 
 def job_message(spec: JobSpec, failures: int = 0) -> dict[str, Any]:
@@ -35,49 +53,74 @@ def job_message(spec: JobSpec, failures: int = 0) -> dict[str, Any]:
     return message
 
 
+def trace_headers() -> dict[str, str]:
+    """The current trace context as message headers (empty outside a span)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
 class Publisher:
     """Sends job messages to the broker."""
 
     def __init__(self, redis_url: str, default_queue: str) -> None:
-        self._app = Celery("relayq-publisher", set_as_current=False)
-        self._app.conf.update(celery_config(redis_url, default_queue))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        self.default_queue = default_queue
+        self._redis = aioredis.Redis.from_url(
+            redis_url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
+            socket_keepalive=True,
+            health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), PUBLISH_RETRIES),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._reply_to = str(uuid.uuid4())
+        self._origin = origin()
 
-    def _publish_sync(self, specs: Sequence[JobSpec], failures: Mapping[str, int]) -> None:
-        with self._app.producer_or_acquire() as producer:
-            for spec in specs:
-                self._app.send_task(
-                    spec.task,
-                    kwargs=job_message(spec, failures.get(spec.job_id, 0)),
-                    task_id=spec.job_id,
-                    queue=spec.queue,
-                    producer=producer,
-                    retry=True,
-                    retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-                )
+    def encode(
+        self, spec: JobSpec, failures: int = 0, headers: Mapping[str, str] | None = None
+    ) -> bytes:
+        """``spec``'s message (see :func:`relayq_core.envelope.encode`)."""
+        return encode(
+            spec.task,
+            spec.job_id,
+            spec.queue,
+            job_message(spec, failures),
+            reply_to=self._reply_to,
+            origin=self._origin,
+            trace_headers=headers,
+        )
 
     async def publish(
         self, specs: Sequence[JobSpec], failures: Mapping[str, int] | None = None
     ) -> None:
         """Publishes every message or raises (the broker's error) for the whole batch.
 
-        ``failures`` by job id: see :func:`job_message`.
+        ``failures`` by job id: see :func:`job_message`. The messages continue the caller's
+        trace through a producer span (``publish``), which their worker spans are children of.
         """
-        if specs:
-            loop = asyncio.get_running_loop()
-            # The executor thread would start from an empty context: carry the caller's (its
-            # trace) so the producer spans and the message headers continue the submit's trace.
-            ctx = contextvars.copy_context()
-            await loop.run_in_executor(
-                self._executor, ctx.run, self._publish_sync, list(specs), dict(failures or {})
-            )
+        if not specs:
+            return
+        failures = failures or {}
+        with _tracer.start_as_current_span(
+            "publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.operation": "publish",
+                "messaging.batch.message_count": len(specs),
+            },
+        ):
+            headers = trace_headers()
+            pipe = self._redis.pipeline(transaction=False)
+            for spec in specs:
+                pipe.lpush(spec.queue, self.encode(spec, failures.get(spec.job_id, 0), headers))
+            await pipe.execute()
 
-    def ping(self) -> None:
+    async def ping(self) -> None:
         """Raises when the broker cannot be reached (readiness)."""
-        with self._app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
+        await self._redis.ping()
 
-    def close(self) -> None:
-        """Releases the thread and broker connections."""
-        self._executor.shutdown(wait=True)
-        self._app.close()
+    async def close(self) -> None:
+        """Closes the broker connections."""
+        await self._redis.aclose()

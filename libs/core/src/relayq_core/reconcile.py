@@ -367,7 +367,7 @@ async def run(reconciler: Reconciler, settings: ReconcilerSettings, stop: asynci
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             CYCLE_ERRORS.labels(source="postgres").inc()
             log.warning("reconcile_cycle_failed", source="postgres", error=type(exc).__name__)
-        except Exception as exc:  # a publish (kombu/redis raise many types)
+        except Exception as exc:  # a publish (redis raises many types)
             CYCLE_ERRORS.labels(source="broker").inc()
             log.warning("reconcile_cycle_failed", source="broker", error=type(exc).__name__)
         else:
@@ -424,7 +424,7 @@ async def serve(settings: ReconcilerSettings) -> None:
     finally:
         if http is not None:
             http.shutdown()
-        publisher.close()
+        await publisher.close()
         await broker.aclose()
         await pool.close()
         log.info("reconciler_stopped")
