@@ -109,6 +109,27 @@ async def test_a_batch_repeating_a_key_returns_the_first(ingest: Ingest) -> None
     assert reply.results[3].error.code == "ALREADY_EXISTS"
 
 
+async def test_a_batch_repeating_a_named_job_returns_the_first(
+    ingest: Ingest, quiet_broker_url: str
+) -> None:
+    # The client names the job id too: the repeat is inserted by the same statement's conflict
+    # rule, and must be answered as a duplicate, not as a clash with itself.
+    key, job_id = f"named-{uuid.uuid4()}", f"named-job-{uuid.uuid4()}"
+    before = len(broker_messages(quiet_broker_url, "default"))
+    reply = await ingest.stub.SubmitJobs(
+        ingest_pb2.SubmitJobsRequest(
+            jobs=[request("demo.echo", {"a": 1}, idempotency_key=key, job_id=job_id)] * 3
+        )
+    )
+    assert [r.WhichOneof("outcome") for r in reply.results] == ["job"] * 3
+    assert [(r.job.job_id, r.job.duplicate) for r in reply.results] == [
+        (job_id, False),
+        (job_id, True),
+        (job_id, True),
+    ]
+    assert len(broker_messages(quiet_broker_url, "default")) == before + 1
+
+
 async def test_same_message_to_two_worker_processes_applies_once(live_ingest: Ingest) -> None:
     key = f"double-{uuid.uuid4()}"
     reply = await live_ingest.stub.SubmitJob(
@@ -217,7 +238,7 @@ async def test_broker_down_is_unavailable_and_keeps_nothing(ingest: Ingest, cata
     try:
         (result,) = await jobs.submit([spec])
     finally:
-        publisher.close()
+        await publisher.close()
     assert isinstance(result, Unavailable)
     assert "retry with the same idempotency_key" in result.message
     count = await ingest.jobs._pool.fetchval(

@@ -39,7 +39,10 @@ async def serve(settings: IngestSettings) -> None:
     catalog = load_catalog(settings.catalog_path)
     api_keys = load_api_keys(settings.api_keys_file, settings.api_keys)  # fails fast if malformed
     limits = Limits(settings.max_payload_bytes, settings.max_payload_depth)
-    pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+    # Ingest keeps no session state on its connections: releasing one costs no round trip.
+    pool = await create_pool(
+        settings.database_url, max_size=settings.db_pool_size, session_state=False
+    )
     publisher = Publisher(settings.redis_url, catalog.default_queue)
     jobs = JobService(
         pool, publisher, JobLedger(), republish_after_seconds=settings.republish_after_seconds
@@ -87,7 +90,7 @@ async def serve(settings: IngestSettings) -> None:
         http.should_exit = True
         await http_task
         await pool.close()
-        publisher.close()
+        await publisher.close()
 
     await run_until_signalled(running, grace=settings.grace_seconds, on_stop=on_stop)
 

@@ -78,29 +78,40 @@ class JobService:
         never conflicts over them.
         """
         generated = generated_ids or set()
+        # One connection for the whole submit: its statements, and one release, not one per
+        # statement (docs/benchmarks.md).
         try:
-            inserted = await self._ledger.insert_jobs(self._pool, specs)
-            others = [s for s in specs if s.job_id not in inserted]
-            existing = (
-                await self._ledger.find_existing(
-                    self._pool,
-                    [s.idempotency_key for s in others],
-                    [s.job_id for s in others if s.job_id not in generated],
-                )
-                if others
-                else []
-            )
+            async with self._pool.acquire() as conn:
+                return await self._submit(conn, specs, generated)
         except _DB_ERRORS as exc:
             raise Unavailable(f"the job ledger is unavailable ({type(exc).__name__})") from exc
+
+    async def _submit(
+        self, conn: asyncpg.Connection, specs: Sequence[JobSpec], generated: set[str]
+    ) -> list[SubmitResult | RelayqError]:
+        inserted = await self._ledger.insert_jobs(conn, specs)
+        # The first spec of each inserted job is new; any other (a repeat within this batch, or
+        # a job recorded before) is answered from what the ledger holds.
+        first: dict[str, int] = {}
+        for n, spec in enumerate(specs):
+            if spec.job_id in inserted:
+                first.setdefault(spec.job_id, n)
+        others = [s for n, s in enumerate(specs) if first.get(s.job_id) != n]
+        existing = (
+            await self._ledger.find_existing(
+                conn,
+                [s.idempotency_key for s in others],
+                [s.job_id for s in others if s.job_id not in generated],
+            )
+            if others
+            else []
+        )
 
         results: list[SubmitResult | RelayqError] = []
         to_publish: list[JobSpec] = []
         unpublished: dict[str, JobSpec] = {}
-        new_ids: list[str] = []
-        seen: set[str] = set()
-        for spec in specs:
-            if spec.job_id in inserted and spec.job_id not in seen:
-                seen.add(spec.job_id)
+        for n, spec in enumerate(specs):
+            if first.get(spec.job_id) == n:
                 results.append(
                     SubmitResult(
                         spec.job_id,
@@ -111,7 +122,6 @@ class JobService:
                     )
                 )
                 to_publish.append(spec)
-                new_ids.append(spec.job_id)
                 continue
             relevant = [
                 e
@@ -121,34 +131,29 @@ class JobService:
             ]
             outcome = _match(spec, relevant, client_named_job_id=spec.job_id not in generated)
             if isinstance(outcome, SubmitResult):
-                first = next(e for e in relevant if e.idempotency_key == spec.idempotency_key)
-                if not first.enqueued and first.state is JobState.QUEUED:
-                    unpublished[first.job_id] = JobSpec(
-                        first.job_id,
-                        first.idempotency_key,
+                found = next(e for e in relevant if e.idempotency_key == spec.idempotency_key)
+                if not found.enqueued and found.state is JobState.QUEUED:
+                    unpublished[found.job_id] = JobSpec(
+                        found.job_id,
+                        found.idempotency_key,
                         spec.task,
-                        first.queue,
+                        found.queue,
                         spec.payload,
                         spec.trace_id,
                     )
             results.append(outcome)
-        new_in_batch = {s.job_id for s in to_publish}
-        candidates = [j for j in unpublished if j not in new_in_batch]
+        new_ids = [s.job_id for s in to_publish]
+        candidates = [j for j in unpublished if j not in first]
         if candidates:
             # The first submit recorded these but never saw the broker accept them (it failed
             # or died midway). One caller, after a grace period, publishes them again.
-            try:
-                again = await self._ledger.claim_republish(
-                    self._pool, candidates, self._republish_after
-                )
-            except _DB_ERRORS as exc:
-                raise Unavailable(f"the job ledger is unavailable ({type(exc).__name__})") from exc
+            again = await self._ledger.claim_republish(conn, candidates, self._republish_after)
             to_publish.extend(unpublished[j] for j in candidates if j in again)
 
         try:
             await self._publisher.publish(to_publish)
-        except Exception as exc:  # kombu/redis raise many types; all mean "not enqueued"
-            await self._forget(new_ids)
+        except Exception as exc:  # redis raises many types; all mean "not enqueued"
+            await self._forget(conn, new_ids)
             log.warning("publish_failed", jobs=len(to_publish), error=type(exc).__name__)
             failed = {s.job_id for s in to_publish}
             unavailable = Unavailable(
@@ -160,12 +165,15 @@ class JobService:
                 for r in results
             ]
         try:
-            await self._ledger.mark_enqueued(self._pool, [s.job_id for s in to_publish])
+            await self._ledger.mark_enqueued(conn, [s.job_id for s in to_publish])
         except _DB_ERRORS:
             # Harmless: the message is in the broker; a re-submit would only publish it again,
             # and the worker's claim by key makes a second delivery a no-op.
             log.warning("mark_enqueued_failed", jobs=len(to_publish))
+        self._log(specs, results)
+        return results
 
+    def _log(self, specs: Sequence[JobSpec], results: list[SubmitResult | RelayqError]) -> None:
         for spec, result in zip(specs, results, strict=True):
             with job_context(
                 spec.job_id if not isinstance(result, SubmitResult) else result.job_id,
@@ -179,14 +187,13 @@ class JobService:
                     label = "rejected"
                     log.info("job_refused", code=result.code.name, reason=result.message)
                 JOBS_SUBMITTED.labels(task=spec.task, queue=spec.queue, outcome=label).inc()
-        return results
 
-    async def _forget(self, job_ids: list[str]) -> None:
+    async def _forget(self, conn: asyncpg.Connection, job_ids: list[str]) -> None:
         """Removes jobs this call recorded but could not enqueue, so the refusal is honest."""
         if not job_ids:
             return
         try:
-            await self._ledger.forget_unpublished(self._pool, job_ids)
+            await self._ledger.forget_unpublished(conn, job_ids)
         except _DB_ERRORS:
             log.warning("forget_unpublished_failed", jobs=len(job_ids))
 

@@ -46,10 +46,29 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A connection pool with relayq's codecs."""
+async def rollback_only(conn: asyncpg.Connection) -> None:
+    """A pool ``reset=`` hook for code that leaves no session state behind: only an open
+    transaction is rolled back. asyncpg's default reset sends four statements (unlock advisory
+    locks, close cursors, unlisten, reset settings) each time a connection is released."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, session_state: bool = True
+) -> asyncpg.Pool:
+    """A connection pool with relayq's codecs.
+
+    ``session_state=False`` promises that no caller takes session advisory locks, LISTENs,
+    opens cursors or changes settings outside a transaction (ingest), so releasing a
+    connection costs no round trip (:func:`rollback_only`).
+    """
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        reset=None if session_state else rollback_only,
     )
     assert pool is not None
     return pool
