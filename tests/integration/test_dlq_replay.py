@@ -198,7 +198,11 @@ async def test_a_job_that_already_succeeded_is_skipped(dlq: Dlq) -> None:
     job_id = f"job-{uuid.uuid4()}"
     await LEDGER.insert_jobs(dlq.pool, [JobSpec(job_id, job_id, "demo.echo", q, {})])
     await LEDGER.complete(
-        dlq.pool, job_id, {"ok": True}, AttemptRecord(1, "w", datetime.now(UTC), 0.01, "succeeded")
+        dlq.pool,
+        job_id,
+        {"ok": True},
+        AttemptRecord(1, "w", datetime.now(UTC), 0.01, "succeeded"),
+        unlock=False,
     )
     await dlq.stub.ReportDeadLetter(report_request(job_id, queue=q))
 

@@ -42,7 +42,7 @@ def failing_after_effect(kind: str) -> Any:
     async def handler(ctx: JobContext, payload: JsonObject) -> Any:
         await demo.charge(ctx, payload)  # the effect is written, but not yet committed
         if kind == "killed":
-            ctx.conn.terminate()  # as if the worker process were SIGKILLed here
+            (await ctx.db()).terminate()  # as if the worker process were SIGKILLed here
         raise InjectedFailure("injected after the effect, before the commit")
 
     return handler

@@ -2,16 +2,18 @@
 
 The protocol (docs/idempotency.md, docs/retries.md):
 
-1. ``lock_job``: a PostgreSQL session lock on the job for the whole delivery. A second delivery
-   of the same job waits here (at most ``lock_timeout``, then it is deferred); the lock vanishes
-   with the connection when a worker dies, so the wait ends exactly when the first delivery can
-   no longer finish.
-2. ``claim`` marks the job running and counts the attempt. A finished job makes this delivery a
-   duplicate; a job found ``running`` was abandoned by a dead worker (a worker loss), and after
+1. ``lock_and_claim`` (one round trip): a PostgreSQL session lock on the job for the whole
+   delivery, then the claim. A second delivery of the same job waits for the lock (at most
+   ``lock_timeout``, then it is deferred); the lock vanishes with the connection when a worker
+   dies, so the wait ends exactly when the first delivery can no longer finish. The claim marks
+   the job running and counts the attempt. A finished job makes this delivery a duplicate; a
+   job found ``running`` was abandoned by a dead worker (a worker loss), and after
    ``max_worker_losses`` of those it is dead-lettered as a poison job instead of run again.
-3. One transaction runs the handler with that transaction's connection and records success: an
-   effect written through ``ctx.conn`` commits with the success, or not at all.
-4. A failure rolls that transaction back; :func:`settle` then records a retry or stages a dead
+2. The handler runs; its first ``await ctx.db()`` begins a transaction, and success is recorded
+   in it: an effect written through that connection commits with the success, or not at all.
+   A handler that never calls ``ctx.db()`` has its success recorded by one statement that also
+   releases the lock (a job of that kind costs two round trips in all).
+3. A failure rolls that transaction back; :func:`settle` then records a retry or stages a dead
    letter, still under the lock.
 """
 
@@ -102,6 +104,8 @@ class RunResult:
     worker_lost: bool = False
     #: The handler ran (its duration is worth observing).
     ran: bool = False
+    #: Recording the outcome also released the job's lock.
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,15 +127,15 @@ async def run_delivery(
     ledger: JobLedger,
     delivery: Delivery,
     handler: Handler,
+    claim: Claim | None,
     *,
     max_worker_losses: int = 2,
 ) -> RunResult:
-    """Claims and runs one delivery; the caller holds :meth:`JobLedger.lock_job`.
+    """Runs one claimed delivery (``claim`` None: nothing to claim, see :func:`handle`).
 
     Database outages propagate (the caller retries the delivery later).
     """
     conn = await runtime.connection()
-    claim = await ledger.claim(conn, delivery.job_id, delivery.resuming)
     if claim is None:
         peek = await ledger.peek_state(conn, delivery.job_id)
         if peek is None:
@@ -210,29 +214,23 @@ async def _run_claimed(
 
     t0 = time.perf_counter()
     log.info("job_started", attempt=claim.attempt)
-    ctx = JobContext(
-        job_id=delivery.job_id,
-        idempotency_key=delivery.idempotency_key,
-        task=delivery.task,
-        attempt=claim.attempt,
-        conn=conn,
-    )
+    ctx = JobContext(delivery.job_id, delivery.idempotency_key, delivery.task, claim.attempt, conn)
     try:
-        async with conn.transaction():
-            result = await handler(ctx, delivery.payload)
-            await ledger.complete(
-                conn,
-                delivery.job_id,
-                result,
-                AttemptRecord(
-                    claim.attempt,
-                    delivery.worker,
-                    started_at,
-                    time.perf_counter() - t0,
-                    "succeeded",
-                ),
-            )
+        result = await handler(ctx, delivery.payload)
+        attempt = AttemptRecord(
+            claim.attempt, delivery.worker, started_at, time.perf_counter() - t0, "succeeded"
+        )
+        transaction = ctx.transaction
+        if transaction is None:
+            # Nothing of the handler's to commit with it: one statement records the success
+            # and releases the job.
+            await ledger.complete(conn, delivery.job_id, result, attempt, unlock=True)
+        else:
+            await ledger.complete(conn, delivery.job_id, result, attempt, unlock=False)
+            await transaction.commit()
     except Exception as exc:
+        if ctx.transaction is not None and not conn.is_closed() and conn.is_in_transaction():
+            await ctx.transaction.rollback()
         if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
             raise  # the database went away: not the handler's failure
         duration = time.perf_counter() - t0
@@ -264,6 +262,7 @@ async def _run_claimed(
         duration_seconds=duration,
         worker_lost=claim.abandoned,
         ran=True,
+        released=ctx.transaction is None,
     )
 
 
@@ -380,16 +379,23 @@ async def handle(
     policy: RetryPolicy,
     failures_before: int,
 ) -> tuple[Decision, RunResult]:
-    """The whole locked part of a delivery: run it, decide, record."""
+    """The whole locked part of a delivery: lock and claim, run, decide, record, release."""
     conn = await runtime.connection()
     try:
-        await ledger.lock_job(conn, delivery.job_id)
+        claim = await ledger.lock_and_claim(conn, delivery.job_id, delivery.resuming)
     except asyncpg.LockNotAvailableError as exc:
         raise Deferred("another delivery of this job is running") from exc
+    except BaseException:
+        # The call may have taken the lock before failing: a session lock outlives a failed
+        # statement, and an unlock of a lock not held is harmless.
+        await _release(conn, ledger, delivery.job_id)
+        raise
+    released = False
     try:
         run = await run_delivery(
-            runtime, ledger, delivery, handler, max_worker_losses=policy.max_worker_losses
+            runtime, ledger, delivery, handler, claim, max_worker_losses=policy.max_worker_losses
         )
+        released = run.released
         decision = decide(run, policy, failures_before)
         try:
             await settle(runtime, ledger, delivery, run, decision)
@@ -399,5 +405,10 @@ async def handle(
             raise
         return decision, run
     finally:
-        if not conn.is_closed():
-            await ledger.unlock_job(conn, delivery.job_id)
+        if not released:
+            await _release(conn, ledger, delivery.job_id)
+
+
+async def _release(conn: asyncpg.Connection, ledger: JobLedger, job_id: str) -> None:
+    if not conn.is_closed():
+        await ledger.unlock_job(conn, job_id)

@@ -24,14 +24,14 @@ async def slow(ctx: JobContext, payload: JsonObject) -> Any:
     ms = payload.get("ms", 0)
     if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= 60_000:
         raise JobError.permanent("demo.slow needs payload.ms, an integer from 0 to 60000")
-    await ctx.conn.execute("SELECT pg_sleep($1)", ms / 1000)
+    await (await ctx.db()).execute("SELECT pg_sleep($1)", ms / 1000)
     return {"slept_ms": ms}
 
 
 async def charge(ctx: JobContext, payload: JsonObject) -> Any:
     """``demo.charge``: records one charge, exactly once per idempotency key.
 
-    The row is written through ``ctx.conn``, inside the transaction that also records the job's
+    The row is written through ``ctx.db()``, inside the transaction that also records the job's
     success: both commit or neither does, so no delivery, retry or replay can charge twice.
     ``hold_ms`` (optional) keeps the transaction open that long, so tests can overlap deliveries.
     """
@@ -46,7 +46,8 @@ async def charge(ctx: JobContext, payload: JsonObject) -> Any:
         raise JobError.permanent("demo.charge payload.hold_ms must be an integer 0..10000")
     # The key is the charge's primary key: a charge already recorded under it (its job's ledger
     # row was purged and the job replayed) is this charge, not a second one.
-    inserted = await ctx.conn.fetchval(
+    db = await ctx.db()
+    inserted = await db.fetchval(
         "INSERT INTO demo_charges (idempotency_key, job_id, account, amount_cents)"
         " VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
         ctx.idempotency_key,
@@ -55,7 +56,7 @@ async def charge(ctx: JobContext, payload: JsonObject) -> Any:
         amount,
     )
     if hold_ms:
-        await ctx.conn.execute("SELECT pg_sleep($1)", hold_ms / 1000)
+        await db.execute("SELECT pg_sleep($1)", hold_ms / 1000)
     if not inserted:
         return {"charged": amount, "account": account, "already_charged": True}
     return {"charged": amount, "account": account}

@@ -255,19 +255,23 @@ class JobLedger:
         """Releases :meth:`lock_job`."""
         await db.execute(_Q["unlock_job"], job_id)
 
-    async def claim(self, db: Executor, job_id: str, resuming: int | None = None) -> Claim | None:
-        """Starts an attempt; None when the job is finished, awaiting its DLQ report, or unknown.
+    async def lock_and_claim(
+        self, db: Executor, job_id: str, resuming: int | None = None
+    ) -> Claim | None:
+        """Holds the job for this session (:meth:`lock_job`) and starts an attempt; None when the
+        job is finished, awaiting its DLQ report, or unknown (the lock is held all the same).
 
-        ``resuming``: the attempt this delivery continues after a database outage cut it short
-        (not a worker loss).
+        Waits at most ``lock_timeout`` for another delivery (``LockNotAvailableError``, and
+        then the lock is not held). ``resuming``: the attempt this delivery continues after a
+        database outage cut it short (not a worker loss).
         """
-        row = await db.fetchrow(_Q["claim"], job_id, resuming)
+        row = await db.fetchrow(_Q["lock_and_claim"], job_id, resuming)
         if row is None:
             return None
         interrupted = bool(row["interrupted"])
         return Claim(
-            attempt=int(row["attempt_count"]),
-            worker_losses=int(row["worker_losses"]),
+            attempt=int(row["attempt"]),
+            worker_losses=int(row["losses"]),
             abandoned=row["prev_state"] == JobState.RUNNING.value and not interrupted,
             interrupted=interrupted,
         )
@@ -300,9 +304,10 @@ class JobLedger:
         await db.execute(_Q["mark_dead_lettered"], job_id)
 
     async def complete(
-        self, db: Executor, job_id: str, result: Any, attempt: AttemptRecord
+        self, db: Executor, job_id: str, result: Any, attempt: AttemptRecord, *, unlock: bool
     ) -> None:
-        """Records success, the handler's result and the succeeding attempt."""
+        """Records success, the handler's result and the succeeding attempt; ``unlock`` also
+        releases :meth:`lock_job` (only outside a transaction: see ledger.sql)."""
         await db.execute(
             _Q["complete"],
             job_id,
@@ -311,6 +316,7 @@ class JobLedger:
             attempt.worker,
             attempt.started_at,
             attempt.duration_seconds,
+            unlock,
         )
 
     async def fail(

@@ -49,25 +49,12 @@ SELECT pg_advisory_lock(hashtextextended($1, 0));
 -- name: unlock_job
 SELECT pg_advisory_unlock(hashtextextended($1, 0));
 
--- name: claim
--- A delivery starts an attempt (run under lock_job). A job found 'running' was abandoned by a
--- delivery whose worker died (it no longer holds the lock): that counts as a worker loss,
--- unless this delivery resumes attempt $2, which lost its database connection (an outage,
--- not a dying worker: "interrupted"). Finished jobs, and jobs waiting for their dead letter
--- to be stored, are not claimed.
-WITH prev AS (
-    SELECT job_id, state AS prev_state, attempt_count AS prev_attempt FROM relayq_jobs
-    WHERE job_id = $1 AND pending_dead_letter IS NULL
-)
-UPDATE relayq_jobs j
-SET state = 'running', attempt_count = j.attempt_count + 1,
-    worker_losses = j.worker_losses
-        + (prev.prev_state = 'running' AND prev.prev_attempt IS DISTINCT FROM $2::int)::int,
-    updated_at = now(), started_at = coalesce(j.started_at, now()), next_attempt_at = NULL
-FROM prev
-WHERE j.job_id = prev.job_id AND prev.prev_state NOT IN ('succeeded', 'dead_lettered')
-RETURNING j.attempt_count, j.worker_losses, prev.prev_state,
-    (prev.prev_state = 'running' AND prev.prev_attempt = $2::int) AS interrupted;
+-- name: lock_and_claim
+-- A delivery holds the job (lock_job) and starts an attempt, in one round trip: see
+-- relayq_lock_and_claim (migration 0006) for why the claim must follow the lock inside a
+-- function. No row: the job is finished, waiting for its dead letter to be stored, or unknown
+-- (the lock is held all the same).
+SELECT attempt, losses, prev_state, interrupted FROM relayq_lock_and_claim($1, $2::int);
 
 -- name: record_duplicate
 -- A delivery of a job that is already finished: counted, nothing else changes.
@@ -101,20 +88,9 @@ SET state = 'dead_lettered', pending_dead_letter = NULL, finished_at = now(), up
 WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
 
 -- name: complete
--- Success and its attempt in one statement (one round trip inside the outcome transaction).
-WITH done AS (
-    UPDATE relayq_jobs
-    SET state = 'succeeded', result = $2, last_error = NULL, updated_at = now(),
-        finished_at = now(), next_attempt_at = NULL
-    WHERE job_id = $1
-    RETURNING job_id
-)
-INSERT INTO relayq_job_attempts (job_id, number, worker, started_at, duration_seconds, outcome)
-SELECT job_id, $3, $4, $5, $6, 'succeeded' FROM done
-ON CONFLICT (job_id, number) DO UPDATE
-SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
-    duration_seconds = EXCLUDED.duration_seconds, outcome = EXCLUDED.outcome,
-    error_type = '', error_message = '', countdown_seconds = 0;
+-- Success and its attempt in one round trip; $7 also releases the job's lock (only from a
+-- statement that commits on its own: see relayq_complete, migration 0006).
+SELECT relayq_complete($1, $2::jsonb, $3, $4, $5, $6, $7);
 
 -- name: fail
 -- $2 is 'retrying' (with $4 the next attempt's time) or 'dead_lettered'.
