@@ -101,9 +101,21 @@ async def non_terminal(database_url: str, keys: list[str]) -> int:
 
 
 async def audit_ledger(
-    audit: Audit, database_url: str, jobs: list[JobPlan], load: LoadReport
+    audit: Audit,
+    database_url: str,
+    jobs: list[JobPlan],
+    load: LoadReport,
+    *,
+    max_worker_losses: int = 2,
+    kill_capacity: int = 0,
 ) -> Counter[str]:
-    """Lost, stuck, wrong outcomes, effects applied twice; the ledger's outcome counts."""
+    """Lost, stuck, wrong outcomes, effects applied twice; the ledger's outcome counts.
+
+    A job the injector's kills hit ``max_worker_losses`` times is dead-lettered as a poison job
+    (reason ``worker_lost``), as documented: not a wrong outcome, as long as the ledger's worker
+    losses altogether stay within what the kills can explain (``kill_capacity``: one running job
+    per killed pool process). A loss counted while the first delivery lived would break that.
+    """
     by_key = {j.key: j for j in jobs}
     conn = await asyncpg.connect(database_url)
     try:
@@ -141,11 +153,19 @@ async def audit_ledger(
         if k in ledger and k in load.job_ids and ledger[k]["job_id"] != load.job_ids[k]
     ]
     stuck = [k for k in by_key if k in ledger and ledger[k]["state"] not in TERMINAL]
-    wrong = [
+    differs = [
         k
         for k, j in by_key.items()
         if k in ledger and ledger[k]["state"] in TERMINAL and ledger[k]["state"] != j.expect
     ]
+    poisoned = [
+        k
+        for k in differs
+        if ledger[k]["state"] == "dead_lettered"
+        and int(ledger[k]["worker_losses"]) >= max_worker_losses
+    ]
+    wrong = [k for k in differs if k not in poisoned]
+    total_losses = sum(int(r["worker_losses"]) for r in rows)
     charged = {r["idempotency_key"]: r for r in charges}
     charge_jobs = [j for j in jobs if j.task == "demo.charge"]
     applied_twice = [k for k, r in charged.items() if r["n"] != 1]
@@ -168,10 +188,11 @@ async def audit_ledger(
         "unacknowledged": len(unacknowledged),
         "stuck": len(stuck),
         "wrong_outcome": len(wrong),
+        "poisoned_by_kills": len(poisoned),
         "applied_twice": len(applied_twice) + len(not_once) + blocked,
         "charges": len(charged),
         "states": dict(Counter(r["state"] for r in rows)),
-        "worker_losses": sum(int(r["worker_losses"]) for r in rows),
+        "worker_losses": total_losses,
         "duplicate_deliveries": sum(int(r["duplicate_deliveries"]) for r in rows),
         "attempts_interrupted": int(attempts["interrupted"]),
     }
@@ -182,6 +203,10 @@ async def audit_ledger(
     audit.check(
         not wrong,
         f"wrong outcome: {[(k, by_key[k].task, ledger[k]['state']) for k in wrong[:5]]}",
+    )
+    audit.check(
+        total_losses <= kill_capacity,
+        f"{total_losses} worker losses counted, more than the {kill_capacity} the kills explain",
     )
     audit.check(not applied_twice, f"charged more than once: {applied_twice[:5]}")
     audit.check(not not_once, f"succeeded jobs without exactly one success: {not_once[:5]}")

@@ -26,11 +26,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 import redis
 
 from relayq.v1 import ingest_pb2_grpc
+from relayq_core.retry import load_policies
 from relayq_core.settings import repo_root
 from tests.chaos import audit as checks
 from tests.chaos.load import (
@@ -52,9 +54,47 @@ from tests.chaos.sizes import (
     REDIS_RESTART,
     ChaosSize,
 )
-from tests.chaos.stack import ChaosStack
+from tests.chaos.stack import RETRY_POLICY, ChaosStack
+
+POLICIES = load_policies(RETRY_POLICY)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(3600)]
+
+
+class _RecordedProbe:
+    """Watches the ledger for a batch's first rows, from a connection opened beforehand."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._loop = asyncio.new_event_loop()
+        self._conn: asyncpg.Connection | None = None
+
+    def __enter__(self) -> _RecordedProbe:
+        self._conn = self._loop.run_until_complete(asyncpg.connect(self._url))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._conn is not None:
+            self._loop.run_until_complete(self._conn.close())
+        self._loop.close()
+
+    def wait(self, keys: list[str], timeout: float) -> bool:
+        """Whether any of ``keys`` was recorded within ``timeout`` (polled without pause)."""
+        assert self._conn is not None
+        conn = self._conn
+
+        async def poll() -> bool:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM relayq_jobs"
+                    " WHERE idempotency_key = ANY($1::text[]))",
+                    keys,
+                ):
+                    return True
+            return False
+
+        return self._loop.run_until_complete(poll())
 
 
 class Injector:
@@ -143,9 +183,12 @@ class Injector:
         even published) without the client having heard of it."""
         with grpc.insecure_channel(self.stack.ingest_address, options=CHANNEL_OPTIONS) as ch:
             stub = ingest_pb2_grpc.IngestServiceStub(ch)
-            call = stub.SubmitJobs.future(request_for(self.kill_batch), timeout=30)
-            threading.Event().wait(0.05)  # the call is being recorded and published
-            self.stack.ingest_kill()
+            with _RecordedProbe(self.stack.database_url) as probe:
+                call = stub.SubmitJobs.future(request_for(self.kill_batch), timeout=30)
+                # Killed as soon as the batch is in the ledger: the publish and the mark that
+                # follow take a few milliseconds, and the kill lands in them.
+                probe.wait([j.key for j in self.kill_batch], timeout=10)
+                self.stack.ingest_kill()
             try:
                 call.result()
                 self.kill_call = "OK (answered before the kill)"
@@ -242,12 +285,24 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
             d for n, dirs in stack.metric_dirs.items() for d in dirs if d not in live_dirs.values()
         ]
         metrics_snapshot = {n: checks.runs_from_scrape(u) for n, u in live.items()}
-        ledger = await checks.audit_ledger(audit, stack.database_url, jobs, load)
         pool_slots = size.workers * size.concurrency
         slack = (
             stack.faults["pool_process_sigkill"]
             + stack.faults["node_sigkill"] * size.concurrency
             + stack.faults["postgres_restart"] * pool_slots
+        )
+        ledger = await checks.audit_ledger(
+            audit,
+            stack.database_url,
+            jobs,
+            load,
+            max_worker_losses=min(
+                p.max_worker_losses for p in (POLICIES.default, *POLICIES.tasks.values())
+            ),
+            # a Postgres restart that cuts a claim's answer off makes its retry count a loss
+            kill_capacity=stack.faults["pool_process_sigkill"]
+            + stack.faults["node_sigkill"] * size.concurrency
+            + stack.faults["postgres_restart"] * pool_slots,
         )
         checks.audit_metrics(audit, ledger, live, dead_dirs, live_dirs, slack)
         del metrics_snapshot
