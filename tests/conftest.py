@@ -126,6 +126,7 @@ async def _ingest(database_url: str, broker_url: str, catalog: Catalog) -> Async
     )
     await channel.close(None)
     await running.stop(0)
+    await jobs.close()
     await pool.close()
     await publisher.close()
 

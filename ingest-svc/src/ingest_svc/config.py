@@ -31,6 +31,12 @@ class IngestSettings(CommonSettings):
     republish_after_seconds: float = Field(
         10.0, gt=0, description="A re-submit publishes a never-enqueued job again after this"
     )
+    enqueue_mark_interval_seconds: float = Field(
+        0.05,
+        gt=0,
+        le=5,
+        description="How often the jobs published since are marked enqueued, in one statement",
+    )
     grace_seconds: float = Field(5.0, ge=0, description="In-flight RPCs get this long on SIGTERM")
     api_keys_file: Path | None = Field(
         None, description="client_name:sha256hex lines; set (or api_keys): callers need a key"

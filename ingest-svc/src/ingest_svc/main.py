@@ -45,7 +45,11 @@ async def serve(settings: IngestSettings) -> None:
     )
     publisher = Publisher(settings.redis_url, catalog.default_queue)
     jobs = JobService(
-        pool, publisher, JobLedger(), republish_after_seconds=settings.republish_after_seconds
+        pool,
+        publisher,
+        JobLedger(),
+        republish_after_seconds=settings.republish_after_seconds,
+        mark_interval_seconds=settings.enqueue_mark_interval_seconds,
     )
     servicer = IngestServicer(jobs, catalog, limits, settings.max_batch)
     running = await start_server(
@@ -89,6 +93,7 @@ async def serve(settings: IngestSettings) -> None:
     async def on_stop() -> None:
         http.should_exit = True
         await http_task
+        await jobs.close()
         await pool.close()
         await publisher.close()
 

@@ -1,9 +1,10 @@
 """Submitting and looking up jobs: the logic behind both front doors.
 
 A submit records the job in the Postgres ledger first (the idempotency key is a unique
-constraint, so racing submits resolve there), then publishes it, then notes that the broker has
-it. A re-submit of the same key with the same task and payload returns the first job and
-publishes nothing, unless the first publish never completed, in which case it publishes again.
+constraint, so racing submits resolve there), then publishes it, answers, and notes soon after
+that the broker has it (``enqueued_at``, written in batches: marks.py). A re-submit of the
+same key with the same task and payload returns the first job and publishes nothing, unless
+the first publish never completed, in which case it publishes again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from ingest_svc.marks import EnqueueMarks
 from ingest_svc.metrics import JOBS_SUBMITTED
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, ExistingJob, JobLedger
 from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
@@ -63,11 +65,17 @@ class JobService:
         ledger: JobLedger,
         *,
         republish_after_seconds: float = 10.0,
+        mark_interval_seconds: float = 0.05,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._ledger = ledger
         self._republish_after = republish_after_seconds
+        self._marks = EnqueueMarks(pool, ledger, mark_interval_seconds)
+
+    async def close(self) -> None:
+        """Writes the marks still pending (call before closing the pool)."""
+        await self._marks.close()
 
     async def submit(
         self, specs: Sequence[JobSpec], *, generated_ids: set[str] | None = None
@@ -164,12 +172,8 @@ class JobService:
                 unavailable if isinstance(r, SubmitResult) and r.job_id in failed else r
                 for r in results
             ]
-        try:
-            await self._ledger.mark_enqueued(conn, [s.job_id for s in to_publish])
-        except _DB_ERRORS:
-            # Harmless: the message is in the broker; a re-submit would only publish it again,
-            # and the worker's claim by key makes a second delivery a no-op.
-            log.warning("mark_enqueued_failed", jobs=len(to_publish))
+        # Written in batches, after the answer (marks.py): the submit's one commit is the insert.
+        self._marks.add(s.job_id for s in to_publish)
         self._log(specs, results)
         return results
 
