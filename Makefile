@@ -84,5 +84,5 @@ load: up  ## 12k jobs/min for 30 s through gRPC (LOAD_ARGS); ghz report in .rela
 	    $(LOAD_ARGS) -O json -o .relayq/load-report.json
 
 BENCH_ARGS ?=
-bench: setup  ## relayq vs bare Celery on its own stack (~15 min; BENCH_ARGS=--quick: ~4); docs/benchmarks.md
+bench: setup  ## relayq vs bare Celery on its own stack (~25 min; BENCH_ARGS=--quick: ~4); docs/benchmarks.md
 	$(PY) -m relayq_load.bench $(BENCH_ARGS)

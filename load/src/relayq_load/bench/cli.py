@@ -40,7 +40,7 @@ from relayq_load import baseline
 from relayq_load.bench.doc import render
 from relayq_load.bench.e2e import e2e_run
 from relayq_load.bench.profile import Target, profile
-from relayq_load.bench.sampler import Sampler, other_load, rss_bytes
+from relayq_load.bench.sampler import Sampler, other_load, own_load, rss_bytes
 from relayq_load.bench.stack import BIN, BenchStack, Layout, Processes
 from relayq_load.bench.sustain import sustain_run
 from relayq_load.config import clean_child_env
@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--single-concurrency", type=int, default=64, help="SubmitJob in flight (64)")
     p.add_argument("--batch-concurrency", type=int, default=4, help="SubmitJobs in flight (4)")
     p.add_argument("--baseline-jobs", type=int, default=30_000, help="per baseline run (30000)")
-    p.add_argument("--sustain", type=float, default=60, help="seconds at --rps (60; 0: skip)")
+    p.add_argument("--sustain", type=float, default=300, help="seconds at --rps (300; 0: skip)")
     p.add_argument("--rps", type=int, default=200, help="steady submits/s (200 = 12k/min)")
     p.add_argument("--profile", type=int, default=20, help="py-spy seconds (20; 0: skip)")
     p.add_argument(
@@ -202,6 +202,22 @@ async def wait_quiet(args: argparse.Namespace, stack: BenchStack) -> float:
         log(f"waiting for the machine to quieten (other load {other:.2f} cores)")
 
 
+async def settle(stack: BenchStack, timeout: float = 120.0) -> dict[str, float]:
+    """Lets the stack finish what the saturating runs left it (autovacuum of ~100,000 updated
+    ledger rows, dirty buffers), so the steady run measures a system in steady state rather
+    than its recovery: a VACUUM and a CHECKPOINT, then until its processes use < 0.1 cores."""
+    start = time.monotonic()
+    await asyncio.to_thread(
+        stack.psql, "VACUUM (ANALYZE) relayq_jobs, relayq_job_attempts; CHECKPOINT"
+    )
+    while True:
+        idle = await own_load(stack.processes)
+        waited = time.monotonic() - start
+        if idle < 0.1 or waited >= timeout:
+            log(f"settled in {waited:.0f} s (the stack's own load {idle:.2f} cores)")
+            return {"seconds": waited, "stack_cores": idle}
+
+
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
@@ -254,6 +270,7 @@ async def bench_layout(args: argparse.Namespace, layout: Layout, headline: bool)
         out["baseline_median_jobs_per_min"] = _median([b["jobs_per_min"] for b in baseline_runs])
         if headline and args.sustain > 0:
             log(f"{layout}: steady {args.rps}/s for {args.sustain:.0f} s (relayq-load)")
+            out["settled"] = await settle(stack)
             await wait_quiet(args, stack)
             sustain = await sustain_run(
                 stack,

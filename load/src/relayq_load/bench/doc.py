@@ -457,9 +457,10 @@ def render(results: dict[str, Any], path: Path) -> None:
         "task ran).",
         f"- **Steady load**: `relayq-load --rps {settings['rps']} -c 50 "
         f"-z {settings['sustain']:.0f}s` "
-        "(single `SubmitJob`); latency is the client's, from the tool's ghz report; the backlog "
-        "(ledger jobs waiting + broker queue) is sampled every second and judged on the second "
-        "half.",
+        "(single `SubmitJob`), after the saturating runs have settled (a `VACUUM` of the "
+        "ledger, a `CHECKPOINT`, then until the stack's own processes use < 0.1 cores); "
+        "latency is the client's, from the tool's ghz report; the backlog (ledger jobs waiting "
+        "+ broker queue) is sampled every second and judged on the second half.",
         "- **Costs**: `pg_stat_statements` and `pg_stat_database` reset/read around each run, "
         "Redis `INFO commandstats` likewise; CPU from each process's `cpu_times` every second "
         "(psutil); worker RSS after the warm-up and at the end.",

@@ -57,6 +57,21 @@ async def other_load(find_processes: Callable[[], Processes], seconds: float = 3
     return max(0.0, machine - ours / elapsed)
 
 
+async def own_load(find_processes: Callable[[], Processes], seconds: float = 2.0) -> float:
+    """Cores the given processes spent over ``seconds`` (the stack's own background work)."""
+    pids = find_processes().pids()
+    before = {pid: _cpu_seconds(pid) for pid in pids}
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - start
+    spent = 0.0
+    for pid, then in before.items():
+        now = _cpu_seconds(pid)
+        if then is not None and now is not None:
+            spent += now - then
+    return spent / elapsed
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident memory of the given processes, summed."""
     total = 0

@@ -114,13 +114,13 @@ class BenchStack:
             argv += ["--" + name.replace("_", "-") + "-port", str(free_port())]
         self._stack(*argv)
         self._read_env()
-        self._psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        self.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
         # Top-level statements only: what clients send, one round trip each.
-        self._psql("ALTER SYSTEM SET pg_stat_statements.track = 'top'")
+        self.psql("ALTER SYSTEM SET pg_stat_statements.track = 'top'")
         self._stack("down")
         self._stack(*argv)
         self._read_env()
-        self._psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
     def down(self) -> None:
         """Stops whatever runs in the bench's state directory."""
@@ -149,7 +149,7 @@ class BenchStack:
         """Another database on the stack's Redis (the baseline uses its own)."""
         return self.redis_url.rsplit("/", 1)[0] + f"/{db}"
 
-    def _psql(self, sql: str) -> str:
+    def psql(self, sql: str) -> str:
         from relayq_devstack.postgres import pg_binary
 
         url = self.database_url
