@@ -207,9 +207,9 @@ async def settle(stack: BenchStack, timeout: float = 120.0) -> dict[str, float]:
     ledger rows, dirty buffers), so the steady run measures a system in steady state rather
     than its recovery: a VACUUM and a CHECKPOINT, then until its processes use < 0.1 cores."""
     start = time.monotonic()
-    await asyncio.to_thread(
-        stack.psql, "VACUUM (ANALYZE) relayq_jobs, relayq_job_attempts; CHECKPOINT"
-    )
+    # One statement per call: psql -c runs several in one transaction, where VACUUM cannot.
+    await asyncio.to_thread(stack.psql, "VACUUM (ANALYZE) relayq_jobs, relayq_job_attempts")
+    await asyncio.to_thread(stack.psql, "CHECKPOINT")
     while True:
         idle = await own_load(stack.processes)
         waited = time.monotonic() - start
