@@ -1,6 +1,8 @@
 """The 60-second demo (`make demo`), against the running local stack.
 
-1. Submit jobs (mostly succeeding, some flaky, a few that fail for good) and watch them finish.
+1. Submit jobs (mostly succeeding, some flaky, a few that fail for good) with the load tool
+   (``relayq-load``, its progress on the terminal and a ghz report per run), and watch them
+   finish.
 2. Kill a worker process mid-run: its job is delivered again, retries show, nothing is lost.
 3. Walk through one dead-lettered job with `dlq-tool show`, and replay it with `dlq-tool replay`.
 
@@ -19,17 +21,17 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
-from google.protobuf import struct_pb2
 
 from relayq.v1 import ingest_pb2, ingest_pb2_grpc, job_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-BATCH = 100
 POLL_WINDOW = 200
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD_LETTERED)
 
@@ -45,28 +47,47 @@ def read_env(path: Path) -> dict[str, str]:
 SLOW_FIRST = 4  # long jobs submitted first: in flight when a worker is killed
 
 
-def job(i: int, run: str, failures: bool) -> ingest_pb2.SubmitJobRequest:
-    """The demo's mix: 1 in 25 flaky (2 planned failures), 1 in 200 failing for good, and a
-    few long jobs first, so that killing a worker hits jobs in flight."""
-    payload = struct_pb2.Struct()
-    task = "demo.echo"
-    if i < SLOW_FIRST:
-        task = "demo.slow"
-        payload.update({"ms": 3000})
-    elif failures and i % 200 == 199:
-        task = "demo.fail"
-        payload.update({"permanent": True, "message": f"card declined for order {i}"})
-    elif failures and i % 25 == 24:
-        task = "demo.flaky"
-        payload.update({"fail_times": 2})
-    elif i % 10 == 9:
-        task = "demo.slow"
-        payload.update({"ms": 20})
-    else:
-        payload.update({"n": i, "run": run})
-    return ingest_pb2.SubmitJobRequest(
-        task=task, payload=payload, idempotency_key=f"demo-{run}-{i}"
+@dataclass(frozen=True)
+class Group:
+    """Jobs of one kind, submitted by one run of the load tool."""
+
+    name: str
+    count: int
+    task: str
+    payload: str  # JSON with the tool's {{...}} actions
+
+    def job_id(self, run: str, n: int) -> str:
+        return f"demo-{run}-{self.name}-{n}"
+
+    def data(self, run: str) -> str:
+        """The tool's call data: the client names each job (so the demo can follow it)."""
+        key = self.job_id(run, 0)[:-1] + "{{.RequestNumber}}"
+        return (
+            f'{{"task": "{self.task}", "payload": {self.payload}, '
+            f'"job_id": "{key}", "idempotency_key": "{key}"}}'
+        )
+
+
+def mix(jobs: int, run: str, failures: bool) -> list[Group]:
+    """The demo's jobs: a few long ones first (in flight when a worker is killed), 1 in 25
+    flaky (2 planned failures), 1 in 200 failing for good, 1 in 10 brief slow, the rest echo."""
+    groups = [Group("long", min(SLOW_FIRST, jobs), "demo.slow", '{"ms": 3000}')]
+    if failures:
+        groups.append(Group("flaky", jobs // 25, "demo.flaky", '{"fail_times": 2}'))
+        groups.append(
+            Group(
+                "declined",
+                jobs // 200,
+                "demo.fail",
+                '{"permanent": true, "message": "card declined for order {{.RequestNumber}}"}',
+            )
+        )
+    groups.append(Group("brief", jobs // 10, "demo.slow", '{"ms": 20}'))
+    rest = jobs - sum(g.count for g in groups)
+    groups.append(
+        Group("echo", rest, "demo.echo", f'{{"n": {{{{.RequestNumber}}}}, "run": "{run}"}}')
     )
+    return [g for g in groups if g.count > 0]
 
 
 def bar(done: int, total: int, width: int = 40) -> str:
@@ -99,21 +120,60 @@ def dlq_tool(env: dict[str, str], *args: str) -> str:
     return (out.stdout + out.stderr).rstrip()
 
 
-async def submit(
-    stub: ingest_pb2_grpc.IngestServiceAsyncStub, jobs: int, run_id: str, failures: bool
-) -> tuple[list[str], dict[str, str]]:
+def load_tool(
+    address: str, group: Group, run: str, report: Path, quiet: bool
+) -> subprocess.Popen[bytes]:
+    """Starts ``relayq-load`` submitting ``group`` (its progress on the terminal unless quiet)."""
+    argv = [
+        str(BIN / "relayq-load"),
+        "--insecure",
+        "--call",
+        "relayq.v1.IngestService.SubmitJob",
+        "-d",
+        group.data(run),
+        "-n",
+        str(group.count),
+        "-c",
+        str(min(group.count, 50)),
+        "--name",
+        f"demo {group.name}",
+        "-O",
+        "json",
+        "-o",
+        str(report),
+        address,
+    ]
+    if quiet:
+        argv.append("--quiet")
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+
+
+def wait_for(procs: list[tuple[Group, subprocess.Popen[bytes]]]) -> None:
+    """Waits for load tool runs; exits if one failed."""
+    for group, proc in procs:
+        if proc.wait() != 0:
+            sys.exit(f"demo: relayq-load failed for the {group.name} jobs")
+
+
+def collect(
+    groups: list[Group], run: str, reports: Path
+) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """The job ids, their tasks, and the main run's ghz report."""
     ids: list[str] = []
     tasks: dict[str, str] = {}
-    for start in range(0, jobs, BATCH):
-        batch = [job(i, run_id, failures) for i in range(start, min(start + BATCH, jobs))]
-        reply = await stub.SubmitJobs(ingest_pb2.SubmitJobsRequest(jobs=batch))
-        for item, result in zip(batch, reply.results, strict=True):
-            if result.WhichOneof("outcome") == "job":
-                ids.append(result.job.job_id)
-                tasks[result.job.job_id] = item.task
-            else:
-                print(f"  refused: {result.error.code} {result.error.message}")
-    return ids, tasks
+    main = max(groups, key=lambda g: g.count)
+    main_report: dict[str, Any] = {}
+    for group in groups:
+        report = json.loads((reports / f"{group.name}.json").read_text())
+        ok = int(report["statusCodeDistribution"].get("OK", 0))
+        if ok != group.count:
+            print(f"  refused: {group.count - ok} {group.name} jobs: {report['errorDistribution']}")
+        if group is main:
+            main_report = report
+        for n in range(group.count):
+            ids.append(group.job_id(run, n))
+            tasks[ids[-1]] = group.task
+    return ids, tasks, main_report
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -123,34 +183,63 @@ async def run(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:8]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        print(f"1. submitting {args.jobs} jobs to {address} ...")
-        t0 = time.monotonic()
-        ids, tasks = await submit(stub, args.jobs, run_id, not args.no_failures)
-        submit_seconds = time.monotonic() - t0
+        groups = mix(args.jobs, run_id, not args.no_failures)
         print(
-            f"   submitted {len(ids)} in {submit_seconds:.2f}s "
-            f"({len(ids) / submit_seconds:.0f} jobs/s); workers are on it"
+            f"1. submitting {args.jobs} jobs to {address} with relayq-load: "
+            + ", ".join(f"{g.count} {g.task} ({g.name})" for g in groups)
+        )
+        reports = state_dir / "demo-reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        first, *others = groups
+        main = max(groups, key=lambda g: g.count)
+
+        def start(group: Group) -> tuple[Group, subprocess.Popen[bytes]]:
+            path = reports / f"{group.name}.json"
+            return group, load_tool(address, group, run_id, path, quiet=group is not main)
+
+        t0 = time.monotonic()
+        await asyncio.to_thread(wait_for, [start(first)])  # the long jobs, first
+        running = [start(g) for g in others]
+        killed = args.no_kill
+        if not killed:
+            # While the rest is being submitted, the long jobs run: kill their worker's pool.
+            until = time.monotonic() + 10
+            while time.monotonic() < until:
+                long = await stub.GetJob(ingest_pb2.GetJobRequest(job_id=first.job_id(run_id, 0)))
+                if long.job.state == job_pb2.JOB_STATE_RUNNING:
+                    break
+                await asyncio.sleep(0.05)
+            killed = True
+            print(f"2. mid-run: {kill_a_worker(state_dir)}", flush=True)
+        await asyncio.to_thread(wait_for, running)
+        ids, tasks, report = collect(groups, run_id, reports)
+        submit_seconds = time.monotonic() - t0
+        latency = {d["percentage"]: d["latency"] / 1e6 for d in report["latencyDistribution"]}
+        print(
+            f"   submitted {len(ids)} in {submit_seconds:.2f}s; the {report['count']}-call run: "
+            f"{report['rps']:.0f} calls/s, p50 {latency[50]:.1f} ms, p99 {latency[99]:.1f} ms "
+            f"(ghz reports: {reports}); workers are on it"
         )
 
         final: dict[str, job_pb2.Job] = {}
+        refused: set[str] = set()
         pending = list(ids)
-        killed = args.no_kill
         deadline = time.monotonic() + args.timeout
         while pending and time.monotonic() < deadline:
             window = pending[:POLL_WINDOW]
             replies = await asyncio.gather(
-                *(stub.GetJob(ingest_pb2.GetJobRequest(job_id=j)) for j in window)
+                *(stub.GetJob(ingest_pb2.GetJobRequest(job_id=j)) for j in window),
+                return_exceptions=True,
             )
-            for r in replies:
-                if r.job.state in TERMINAL:
+            for job_id, r in zip(window, replies, strict=True):
+                if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.NOT_FOUND:
+                    refused.add(job_id)  # its submit was refused (counted above)
+                elif isinstance(r, BaseException):
+                    raise r
+                elif r.job.state in TERMINAL:
                     final[r.job.job_id] = r.job
-            pending = [j for j in pending if j not in final]
+            pending = [j for j in pending if j not in final and j not in refused]
             print("\r   " + bar(len(final), len(ids)), end="", flush=True)
-            if not killed:
-                slow = await stub.GetJob(ingest_pb2.GetJobRequest(job_id=ids[0]))
-                if slow.job.state == job_pb2.JOB_STATE_RUNNING or time.monotonic() - t0 > 10:
-                    killed = True
-                    print(f"\n2. mid-run: {kill_a_worker(state_dir)}")
             if pending and not any(j in final for j in window):
                 await asyncio.sleep(0.2)
         print()
@@ -160,7 +249,7 @@ async def run(args: argparse.Namespace) -> int:
     retried = [j for j in succeeded if j.attempt_count > 1]
     lost_attempts = sum(1 for j in final.values() for a in j.attempts if a.outcome == "worker_lost")
     print("\nsummary")
-    print(f"  jobs submitted        {len(ids)}")
+    print(f"  jobs submitted        {len(ids) - len(refused)}")
     print(f"  succeeded             {len(succeeded)}   (of which retried: {len(retried)})")
     print(f"  dead-lettered         {len(dead)}   (permanent failures, in the DLQ)")
     print(f"  unfinished            {len(pending)}")
@@ -171,9 +260,9 @@ async def run(args: argparse.Namespace) -> int:
     expected_dead = sum(1 for t in tasks.values() if t == "demo.fail")
     finished = [j for j in final.values() if j.finished_at.seconds]
     if finished:
-        first = min(j.created_at.ToDatetime() for j in finished)
+        earliest = min(j.created_at.ToDatetime() for j in finished)
         last = max(j.finished_at.ToDatetime() for j in finished)
-        span = max((last - first).total_seconds(), 1e-6)
+        span = max((last - earliest).total_seconds(), 1e-6)
         latencies = sorted(
             (j.finished_at.ToDatetime() - j.created_at.ToDatetime()).total_seconds()
             for j in finished
@@ -202,7 +291,12 @@ async def run(args: argparse.Namespace) -> int:
         if "TOKEN" not in key:
             print(f"  {key:<24} {value}")
     print("stop it with `make down`")
-    ok = not pending and len(succeeded) + len(dead) == len(ids) and len(dead) == expected_dead
+    ok = (
+        not pending
+        and not refused
+        and len(succeeded) + len(dead) == len(ids)
+        and len(dead) == expected_dead
+    )
     return 0 if ok else 1
 
 

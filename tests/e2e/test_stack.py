@@ -77,6 +77,7 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
         assert demo.returncode == 0, demo.stdout + demo.stderr
         # The storyboard: a worker process killed mid-run, nothing lost, a DLQ entry shown and
         # replayed with dlq-tool.
+        assert "with relayq-load" in demo.stdout and "calls/s, p50" in demo.stdout
         assert "mid-run: killed the pool processes of" in demo.stdout
         assert "lost jobs             0" in demo.stdout
         assert "dead-lettered         1" in demo.stdout

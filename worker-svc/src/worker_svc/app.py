@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config
+from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config, transport_options
 from relayq_core.catalog import load_catalog
 from relayq_core.logging import configure_logging
 from relayq_core.retry import load_policies
@@ -23,8 +23,11 @@ policies = load_policies(settings.retry_policy_path)
 app = Celery("relayq-worker")
 app.conf.update(celery_config(settings.redis_url, catalog.default_queue))
 app.conf.worker_prefetch_multiplier = settings.prefetch_multiplier
-# kombu's Redis transport with the fix that keeps a node alive across Redis restarts.
+# kombu's Redis transport with the fix that keeps a node alive across Redis restarts, and
+# without ack emulation: the ledger and the reconciler redeliver what a dead node held
+# (worker_svc/transport.py).
 app.conf.broker_transport = "worker_svc.transport:Transport"
+app.conf.broker_transport_options = {**transport_options(), "ack_emulation": False}
 # relayq counts a job's failures itself (the retry policy, in the message); Celery's own limit
 # (3 by default, even when retry() is given max_retries=None) must never cut a job short.
 app.conf.task_annotations = {"*": {"max_retries": None}}

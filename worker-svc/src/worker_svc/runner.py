@@ -19,6 +19,7 @@ The protocol (docs/idempotency.md, docs/retries.md):
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -387,8 +388,10 @@ async def handle(
         raise Deferred("another delivery of this job is running") from exc
     except BaseException:
         # The call may have taken the lock before failing: a session lock outlives a failed
-        # statement, and an unlock of a lock not held is harmless.
-        await _release(conn, ledger, delivery.job_id)
+        # statement, and an unlock of a lock not held is harmless. The call's own error is the
+        # one to report, not the unlock's (a broken connection fails both).
+        with contextlib.suppress(Exception):
+            await _release(conn, ledger, delivery.job_id)
         raise
     released = False
     try:

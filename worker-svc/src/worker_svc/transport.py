@@ -1,4 +1,16 @@
-"""kombu's Redis transport, with a fix that keeps a worker alive when Redis restarts.
+"""kombu's Redis transport, without ack emulation, with a fix that keeps a worker alive when
+Redis restarts.
+
+**No ack emulation** (``broker_transport_options["ack_emulation"] = False``, set by the worker
+app). kombu emulates AMQP acknowledgements on Redis by copying every delivered message into an
+``unacked`` hash and sorted set and removing it at the ack: two ``MULTI … EXEC`` transactions per
+job, about 45 % of a Celery consumer's CPU (docs/benchmarks.md), so that a node that dies holding
+messages gets them back once the visibility timeout (an hour) has passed. relayq does not need
+it: the ledger knows which jobs wait for a message, and the reconciler re-publishes the jobs of
+a node that died holding them (queue turnover, unheld running jobs, lost retries:
+``relayq_core/reconcile.py``), within ``deadline_seconds`` instead of an hour. A pool process
+that dies still gets its message handed back at once, from the consumer's memory
+(``task_reject_on_worker_lost``), and a warm shutdown hands back what it had not started.
 
 When the broker connection drops, Celery's consumer releases the connection (which detaches
 the transport from it) and then closes it again. The second close reaches the channel's
@@ -67,10 +79,46 @@ class QoS(kombu_redis.QoS):
         super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
 
 
-class Channel(kombu_redis.Channel):
-    """The Redis channel with :class:`QoS`."""
+class LedgerQoS(virtual.QoS):
+    """The in-memory QoS the worker runs with: kombu's ack emulation is off (see below).
 
-    QoS = QoS
+    A delivered message is acknowledged, rejected or handed back (warm shutdown, a pool process
+    lost with ``task_reject_on_worker_lost``) from memory; on a detached channel the hand-back
+    is skipped instead of crashing the node, and the reconciler brings those jobs back.
+    """
+
+    def _detached(self) -> bool:
+        connection = self.channel.connection
+        return connection is None or connection.client is None
+
+    def restore_unacked(self) -> Any:
+        if self._detached():
+            log.warning(
+                "broker_restore_skipped",
+                messages=len(self._delivered),
+                detail="the broker connection is gone; the reconciler re-publishes their jobs",
+            )
+            self._delivered.clear()
+            return []
+        return super().restore_unacked()  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if requeue and self._detached():
+            log.info("broker_requeue_skipped", detail="the message's connection is gone")
+            requeue = False
+        super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+
+
+class Channel(kombu_redis.Channel):
+    """The Redis channel with :class:`QoS` (ack emulation on) or :class:`LedgerQoS` (off)."""
+
+    # kombu types it as its Redis QoS; without ack emulation it is the in-memory one.
+    QoS: type[virtual.QoS] = QoS  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        if not self.ack_emulation:
+            self.QoS = LedgerQoS
 
 
 class Transport(kombu_redis.Transport):
