@@ -133,8 +133,8 @@ def test_sigterm_lets_the_running_job_finish_once(
     assert len(attempts) == 1
     assert attempts[0][0] == "succeeded" and attempts[0][1].startswith("graceful@")
     client = redis.Redis.from_url(broker)
-    try:  # acknowledged: nothing left to redeliver
-        assert client.llen("default") == 0 and client.hlen("unacked") == 0
+    try:  # acknowledged, and no copy kept (no ack emulation): nothing left to redeliver
+        assert client.llen("default") == 0 and client.exists("unacked", "unacked_index") == 0
     finally:
         client.close()
 
@@ -226,8 +226,8 @@ def test_a_node_keeps_consuming_across_redis_restarts(
     """Celery closes its channel after a connection loss; with messages unacknowledged (a job
     running, a retry waiting) kombu's restore and the late ack crashed the node
     (worker_svc/transport.py). The node must keep consuming; the job that was running
-    finishes once; the retry it held in memory (dropped on reconnect, left in Redis's unacked
-    hash) is brought back by the reconciler."""
+    finishes once; the retry it held in memory (dropped on reconnect) is brought back by the
+    reconciler."""
     broker = own_redis.url
     reconciler = ServiceProcess(
         "reconciler",
