@@ -17,6 +17,7 @@ from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits
 from relayq_core.catalog import load_catalog
 from relayq_core.db.ledger import JobLedger, create_pool
+from relayq_core.gctune import freeze_startup_heap
 from relayq_core.grpc_server import run_until_signalled, start_server
 from relayq_core.logging import configure_logging, get_logger
 from relayq_core.publish import Publisher
@@ -97,6 +98,7 @@ async def serve(settings: IngestSettings) -> None:
         await pool.close()
         await publisher.close()
 
+    freeze_startup_heap()  # start-up is over: keep full collections short (relayq_core/gctune.py)
     await run_until_signalled(running, grace=settings.grace_seconds, on_stop=on_stop)
 
 

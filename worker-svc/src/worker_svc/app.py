@@ -11,6 +11,7 @@ from celery import Celery, signals
 
 from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config, transport_options
 from relayq_core.catalog import load_catalog
+from relayq_core.gctune import freeze_startup_heap
 from relayq_core.logging import configure_logging
 from relayq_core.retry import load_policies
 from relayq_core.telemetry import configure_tracing, shutdown_tracing
@@ -62,6 +63,13 @@ def _init_child(**_: Any) -> None:
         grpc_client=True,
         celery=True,
     )
+    freeze_startup_heap()  # keep full collections out of jobs' latency (relayq_core/gctune.py)
+
+
+@signals.worker_ready.connect
+def _node_ready(**_: Any) -> None:
+    """The node's main process (the consumer) has started: the same for it."""
+    freeze_startup_heap()
 
 
 @signals.worker_process_shutdown.connect
