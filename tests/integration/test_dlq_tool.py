@@ -347,6 +347,10 @@ async def test_replay_rate_is_observed(fresh_dlq: Dlq) -> None:
     assert spread >= 0.45, f"6 entries at 10/s took {spread:.3f}s"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_interrupted_replay_leaves_each_entry_active_or_replayed(fresh_dlq: Dlq) -> None:
     task = unique_task("sigint")
     ids = await seed(fresh_dlq, task, 10)
@@ -361,6 +365,9 @@ async def test_interrupted_replay_leaves_each_entry_active_or_replayed(fresh_dlq
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=environ,
+        # As from a terminal: a run started in the background by a non-interactive shell
+        # (nohup, `&`) inherits SIGINT ignored, and Python then installs no Ctrl-C handler.
+        preexec_fn=_default_sigint,
     )
     assert proc.stderr is not None
     seen = b""
