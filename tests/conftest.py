@@ -109,7 +109,7 @@ def quiet_broker_url(redis_server: RedisServer) -> str:
 
 async def _ingest(database_url: str, broker_url: str, catalog: Catalog) -> AsyncIterator[Ingest]:
     pool = await create_pool(database_url, max_size=10, session_state=False)  # as ingest's
-    publisher = Publisher(broker_url, catalog.default_queue)
+    publisher = Publisher(broker_url)
     jobs = JobService(pool, publisher, JobLedger())
     limits = Limits(max_payload_bytes=64 * 1024, max_payload_depth=32)
     servicer = IngestServicer(jobs, catalog, limits, max_batch=1000)

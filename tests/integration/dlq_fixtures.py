@@ -90,7 +90,7 @@ async def dlq_server(
         }
     )
     pool = await create_pool(database_url, max_size=10)
-    publisher = Publisher(broker_url, catalog.default_queue)
+    publisher = Publisher(broker_url)
     running = await start(build_servicer(pool, publisher, settings), settings, "127.0.0.1:0")
     address = f"127.0.0.1:{running.port}"
     channel = grpc.aio.insecure_channel(address)

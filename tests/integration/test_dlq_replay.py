@@ -296,8 +296,8 @@ async def test_broker_down_mid_replay_leaves_the_rest_active(
 class ProbingPublisher(Publisher):
     """A real publisher that first looks at the job from outside the replay's transaction."""
 
-    def __init__(self, redis_url: str, default_queue: str, database_url: str) -> None:
-        super().__init__(redis_url, default_queue)
+    def __init__(self, redis_url: str, database_url: str) -> None:
+        super().__init__(redis_url)
         self.database_url = database_url
         self.seen: list[tuple[bool, str | None]] = []
 
@@ -325,7 +325,7 @@ async def test_a_delivery_cannot_see_the_job_before_the_replay_commits(
     database_url: str, quiet_broker_url: str, catalog: Catalog
 ) -> None:
     settings = DlqSettings()
-    publisher = ProbingPublisher(quiet_broker_url, catalog.default_queue, database_url)
+    publisher = ProbingPublisher(quiet_broker_url, database_url)
     pool = await create_pool(database_url, max_size=4)
     running = await start(build_servicer(pool, publisher, settings), settings, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")

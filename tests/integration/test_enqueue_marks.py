@@ -29,6 +29,16 @@ async def enqueued(pool: Any, job_ids: list[str]) -> int:
     )
 
 
+async def recorded_jobs(pool: Any, count: int) -> list[str]:
+    """``count`` jobs in the ledger, never published; their ids."""
+    specs = [
+        JobSpec(f"mark-{uuid.uuid4()}", f"mark-{uuid.uuid4()}", "demo.echo", "default", {})
+        for _ in range(count)
+    ]
+    await LEDGER.insert_jobs(pool, specs)
+    return [s.job_id for s in specs]
+
+
 async def test_submitted_jobs_are_marked_within_the_interval(ingest: Ingest) -> None:
     from tests.integration.test_idempotency import request
 
@@ -44,12 +54,7 @@ async def test_submitted_jobs_are_marked_within_the_interval(ingest: Ingest) -> 
 
 async def test_close_writes_what_is_pending_in_one_statement(database_url: str) -> None:
     pool = await create_pool(database_url, max_size=2)
-    specs = [
-        JobSpec(f"mark-{uuid.uuid4()}", f"mark-{uuid.uuid4()}", "demo.echo", "default", {})
-        for _ in range(300)
-    ]
-    await LEDGER.insert_jobs(pool, specs)
-    ids = [s.job_id for s in specs]
+    ids = await recorded_jobs(pool, 300)
     marks = EnqueueMarks(pool, LEDGER, interval=3600)  # only close() writes
     try:
         marks.add(ids)
@@ -78,12 +83,7 @@ class FlakyLedger(JobLedger):
 
 async def test_marks_survive_an_unreachable_ledger(database_url: str) -> None:
     pool = await create_pool(database_url, max_size=2)
-    specs = [
-        JobSpec(f"mark-{uuid.uuid4()}", f"mark-{uuid.uuid4()}", "demo.echo", "default", {})
-        for _ in range(10)
-    ]
-    await LEDGER.insert_jobs(pool, specs)
-    ids = [s.job_id for s in specs]
+    ids = await recorded_jobs(pool, 10)
     ledger = FlakyLedger(failures=2)
     marks = EnqueueMarks(pool, ledger, interval=0.01)
     try:

@@ -67,7 +67,7 @@ async def test_a_message_is_what_celery_would_have_written(broker: Any) -> None:
     url, client = broker
     spec = JobSpec(str(uuid.uuid4()), "key-1", "demo.echo", "envelopes", {"n": 1, "é": [True]})
     theirs = json.loads(_celery_message(url, client, spec))
-    publisher = Publisher(url, "envelopes")
+    publisher = Publisher(url)
     try:
         await publisher.publish([spec], {spec.job_id: 2})
     finally:
@@ -98,7 +98,7 @@ async def test_a_batch_is_one_pipeline_and_carries_the_trace(broker: Any) -> Non
         for n in range(10)
     ]
     tracer = TracerProvider().get_tracer(__name__)
-    publisher = Publisher(url, "q1")
+    publisher = Publisher(url)
     try:
         with tracer.start_as_current_span("submit") as span:
             trace_id = format(span.get_span_context().trace_id, "032x")

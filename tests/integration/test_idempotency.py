@@ -232,7 +232,7 @@ async def test_broker_down_is_unavailable_and_keeps_nothing(ingest: Ingest, cata
     from relayq_core.publish import Publisher
     from relayq_devstack.ports import free_port
 
-    publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0", "default")
+    publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0")
     jobs = JobService(ingest.jobs._pool, publisher, JobLedger())
     spec = JobSpec(str(uuid.uuid4()), f"down-{uuid.uuid4()}", "demo.echo", "default", {})
     try:

@@ -116,7 +116,7 @@ async def world(ledger_url: str, broker: RedisServer) -> AsyncIterator[World]:
     pool = await create_pool(ledger_url, max_size=4)
     await pool.execute("TRUNCATE relayq_jobs CASCADE")
     client = aioredis.Redis.from_url(broker.url)
-    publisher = Publisher(broker.url, QUEUE)
+    publisher = Publisher(broker.url)
     reconciler = Reconciler(
         pool,
         client,
@@ -301,7 +301,7 @@ async def test_a_failed_publish_leaves_the_claim_for_the_next_cycle(world: World
     (job,) = await world.submit(1)
     await world.consume(1, lose={job.job_id})
     await _set(world, job.job_id, "enqueued_at = NULL, updated_at = now() - interval '1 min'")
-    dead = Publisher(f"redis://127.0.0.1:{free_port()}/0", QUEUE)
+    dead = Publisher(f"redis://127.0.0.1:{free_port()}/0")
     broken = Reconciler(world.pool, world.aredis, dead, [QUEUE], deadlines=Deadlines.all(DEADLINE))
     try:
         with pytest.raises(Exception):  # noqa: B017 (redis's ConnectionError and friends)

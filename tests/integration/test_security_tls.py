@@ -75,7 +75,7 @@ async def dlq_over_tls(
     """dlq-svc started the way relayq-dlq starts it, with TLS settings."""
     settings = DlqSettings.model_validate({"admin_token": "tls-test-token", **tls})
     pool = await create_pool(database_url, max_size=2)
-    publisher = Publisher(broker_url, catalog.default_queue)
+    publisher = Publisher(broker_url)
     running = await start(build_servicer(pool, publisher, settings), settings, "127.0.0.1:0")
     try:
         yield running

@@ -126,6 +126,17 @@ def traced_stack(
             proc.stop(timeout=10)
 
 
+async def dead_lettered(stub: ingest_pb2_grpc.IngestServiceAsyncStub, job_id: str) -> job_pb2.Job:
+    """The job, once it is dead-lettered (within a minute)."""
+    deadline = time.monotonic() + 60
+    while True:
+        job = (await stub.GetJob(ingest_pb2.GetJobRequest(job_id=job_id))).job
+        if job.state == job_pb2.JOB_STATE_DEAD_LETTERED:
+            return job
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.1)
+
+
 async def test_one_trace_from_submit_through_retries_to_the_dlq(
     receiver: tuple[Receiver, int], traced_stack: dict[str, str]
 ) -> None:
@@ -135,13 +146,7 @@ async def test_one_trace_from_submit_through_retries_to_the_dlq(
     async with grpc.aio.insecure_channel(traced_stack["ingest"]) as ch:
         stub = ingest_pb2_grpc.IngestServiceStub(ch)
         reply = await stub.SubmitJob(ingest_pb2.SubmitJobRequest(task="demo.fail", payload=payload))
-        deadline = time.monotonic() + 60
-        while True:
-            job = (await stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
-            if job.state == job_pb2.JOB_STATE_DEAD_LETTERED:
-                break
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.1)
+        job = await dead_lettered(stub, reply.job_id)
     assert len(job.trace_id) == 32
     async with grpc.aio.insecure_channel(traced_stack["dlq"]) as ch:
         entry = (
@@ -182,13 +187,7 @@ async def test_a_replay_links_back_to_the_original_trace(
     async with grpc.aio.insecure_channel(traced_stack["ingest"]) as ch:
         stub = ingest_pb2_grpc.IngestServiceStub(ch)
         reply = await stub.SubmitJob(ingest_pb2.SubmitJobRequest(task="demo.fail", payload=payload))
-        deadline = time.monotonic() + 60
-        while True:
-            job = (await stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
-            if job.state == job_pb2.JOB_STATE_DEAD_LETTERED:
-                break
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.1)
+        job = await dead_lettered(stub, reply.job_id)
     async with grpc.aio.insecure_channel(traced_stack["dlq"]) as ch:
         dlq = dead_letter_pb2_grpc.DeadLetterServiceStub(ch)
         results = [

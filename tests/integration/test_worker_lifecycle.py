@@ -65,7 +65,7 @@ def submit(database_url: str, broker_url: str, task: str, payload: dict[str, obj
 
     async def go() -> None:
         conn = await connect(database_url)
-        publisher = Publisher(broker_url, "default")
+        publisher = Publisher(broker_url)
         try:
             await JobLedger().insert_jobs(conn, [spec])
             await publisher.publish([spec])

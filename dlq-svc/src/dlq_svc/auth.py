@@ -9,7 +9,7 @@ token is a follow-up. The token is compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -18,7 +18,7 @@ from dlq_svc.errors import PermissionDenied, Unauthenticated
 from dlq_svc.validation import actor
 from relayq.v1 import dead_letter_pb2
 from relayq_core.errors import RelayqError
-from relayq_core.grpc_server import abort_with
+from relayq_core.grpc_server import refusing
 from relayq_core.logging import get_logger
 
 log = get_logger(__name__)
@@ -57,33 +57,6 @@ def check_bearer(metadata: Metadata | None, token: str) -> RelayqError | None:
     return None
 
 
-def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], error: RelayqError
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape as ``handler`` that ends the call with ``error``."""
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_with(context, error)
-
-    async def stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await abort_with(context, error)
-        yield  # pragma: no cover  (makes this an async generator, as a streaming handler is)
-
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
 class AdminTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses :data:`ADMIN_METHODS` calls without the admin token; other calls pass."""
 
@@ -114,4 +87,4 @@ class AdminTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
             code=error.code.name,
             actor=actor(metadata_value(metadata, ACTOR_KEY)),
         )
-        return _refusal(handler, error)
+        return refusing(handler, error)

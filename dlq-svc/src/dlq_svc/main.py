@@ -84,9 +84,10 @@ async def start(
 async def serve(settings: DlqSettings) -> None:
     """Migrates, then serves until SIGTERM/SIGINT."""
     await migrate(settings.database_url)
-    catalog = load_catalog(settings.catalog_path)
+    # A malformed catalogue stops dlq-svc at start-up, as it stops every service.
+    load_catalog(settings.catalog_path)
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
-    publisher = Publisher(settings.redis_url, catalog.default_queue)
+    publisher = Publisher(settings.redis_url)
     running = await start(build_servicer(pool, publisher, settings), settings)
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.metrics_host)

@@ -44,7 +44,7 @@ async def serve(settings: IngestSettings) -> None:
     pool = await create_pool(
         settings.database_url, max_size=settings.db_pool_size, session_state=False
     )
-    publisher = Publisher(settings.redis_url, catalog.default_queue)
+    publisher = Publisher(settings.redis_url)
     jobs = JobService(
         pool,
         publisher,

@@ -43,15 +43,17 @@ from relayq_core.logging import get_logger
 log = get_logger(__name__)
 
 
+def _detached(channel: Any) -> bool:
+    """Whether Celery has released the channel's connection (after a broker connection loss)."""
+    connection = channel.connection
+    return connection is None or connection.client is None
+
+
 class QoS(kombu_redis.QoS):
     """Redis QoS that leaves a detached channel's messages in Redis instead of crashing."""
 
-    def _detached(self) -> bool:
-        connection = self.channel.connection
-        return connection is None or connection.client is None
-
     def restore_unacked(self, client: Any = None) -> Any:
-        if client is None and self._detached():
+        if client is None and _detached(self.channel):
             log.warning(
                 "broker_restore_skipped",
                 messages=len(self._delivered),
@@ -62,7 +64,7 @@ class QoS(kombu_redis.QoS):
         return super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
-        if self._detached():
+        if _detached(self.channel):
             # A job that started before the connection dropped finished after it: its
             # outcome is in the ledger, its message stays in the unacked hash and, when
             # redelivered, finds the job finished (a duplicate, a no-op).
@@ -72,7 +74,7 @@ class QoS(kombu_redis.QoS):
         super().ack(delivery_tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        if self._detached():
+        if _detached(self.channel):
             log.info("broker_reject_skipped", detail="the message's connection is gone")
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
@@ -87,12 +89,8 @@ class LedgerQoS(virtual.QoS):
     is skipped instead of crashing the node, and the reconciler brings those jobs back.
     """
 
-    def _detached(self) -> bool:
-        connection = self.channel.connection
-        return connection is None or connection.client is None
-
     def restore_unacked(self) -> Any:
-        if self._detached():
+        if _detached(self.channel):
             log.warning(
                 "broker_restore_skipped",
                 messages=len(self._delivered),
@@ -103,7 +101,7 @@ class LedgerQoS(virtual.QoS):
         return super().restore_unacked()  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        if requeue and self._detached():
+        if requeue and _detached(self.channel):
             log.info("broker_requeue_skipped", detail="the message's connection is gone")
             requeue = False
         super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]

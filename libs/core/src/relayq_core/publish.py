@@ -63,8 +63,7 @@ def trace_headers() -> dict[str, str]:
 class Publisher:
     """Sends job messages to the broker."""
 
-    def __init__(self, redis_url: str, default_queue: str) -> None:
-        self.default_queue = default_queue
+    def __init__(self, redis_url: str) -> None:
         self._redis = aioredis.Redis.from_url(
             redis_url,
             socket_timeout=SOCKET_TIMEOUT_SECONDS,

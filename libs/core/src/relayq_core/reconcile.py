@@ -393,7 +393,7 @@ async def serve(settings: ReconcilerSettings) -> None:
     broker = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
     )
-    publisher = Publisher(settings.redis_url, catalog.default_queue)
+    publisher = Publisher(settings.redis_url)
     reconciler = Reconciler(
         pool,
         broker,
