@@ -10,6 +10,7 @@ request whose bytes are not the message the method takes (grpcio would answer ``
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -99,7 +100,14 @@ async def start_server(
     server = grpc.aio.server(
         # Innermost, so that an outer check (auth) refuses a call before its body is judged.
         interceptors=[*interceptors, RequestParseInterceptor()],
-        options=[("grpc.max_receive_message_length", max_message_bytes), *options],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # grpc sets SO_REUSEPORT by default: a second server on a busy port would then bind
+            # it too and the kernel would split the clients between two processes (a stale
+            # ingest, another stack) without a word. One port, one server: the second fails.
+            ("grpc.so_reuseport", 0),
+            *options,
+        ],
     )
     for reg in regs:
         reg.add(server)
@@ -114,12 +122,17 @@ async def start_server(
         ],
         server,
     )
-    if tls is not None:
-        port = server.add_secure_port(address, tls.credentials())
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None:
+            port = server.add_secure_port(address, tls.credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind": the port is taken or the address is wrong
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind gRPC server to {address}")
+        raise OSError(
+            errno.EADDRINUSE, f"could not bind the gRPC server to {address}: is the port in use?"
+        )
     await server.start()
     for name in (*names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
