@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -220,4 +222,65 @@ def test_a_failing_service_stops_everything(tmp_path: Path) -> None:
     assert "cannot bind, giving up" in str(failure.value)
     assert StackState.load(StatePaths(cfg.state_dir)) is None
     assert down(cfg.state_dir) == []
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in str(p.info)]
+
+
+def _racing(held: list[socket.socket]) -> Callable[[ServiceContext], list[ServiceSpec]]:
+    """Ingest and the metrics gateway, where another process takes the gateway's port after the
+    stack checked it and before the gateway binds it (two stacks starting at once)."""
+
+    def services(ctx: ServiceContext) -> list[ServiceSpec]:
+        if not held:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", ctx.ports["metrics"]))
+            sock.listen()
+            held.append(sock)
+        return [s for s in standin_services(ctx) if s.group in ("ingest", "metrics-gateway")]
+
+    return services
+
+
+_ONLY_INGEST_AND_GATEWAY = frozenset({"dlq", "worker", "flower", "reconciler", "prometheus"})
+
+
+def test_a_port_taken_after_the_check_moves_to_a_free_one(tmp_path: Path) -> None:
+    held: list[socket.socket] = []
+    cfg = config(tmp_path, timeout=60.0, skip=_ONLY_INGEST_AND_GATEWAY)
+    cfg = dataclasses.replace(cfg, explicit_ports=cfg.explicit_ports - {"metrics"})
+    try:
+        with Stack(cfg, services=_racing(held), migrate=False) as stack:
+            info = stack.up()
+            taken = held[0].getsockname()[1]
+            url = info.env["RELAYQ_METRICS_URL"]
+            assert url != f"http://127.0.0.1:{taken}"
+            assert [n for n in info.notes if "taken while the stack started" in n] == [
+                f"port {taken} (metrics) was taken while the stack started: "
+                f"using {url.rsplit(':', 1)[1]} instead"
+            ]
+            # One ingest and one gateway run, the ones recorded; the first attempt's are gone.
+            report = status(cfg.state_dir)
+            assert sorted(c.name for c in report.components if c.kind == "service") == [
+                "ingest",
+                "metrics-gateway",
+            ]
+            assert report.overall == "healthy"
+    finally:
+        for sock in held:
+            sock.close()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in str(p.info)]
+
+
+def test_a_port_asked_for_and_taken_meanwhile_is_a_clear_error(tmp_path: Path) -> None:
+    held: list[socket.socket] = []
+    cfg = config(tmp_path, timeout=60.0, skip=_ONLY_INGEST_AND_GATEWAY)
+    try:
+        with (
+            Stack(cfg, services=_racing(held), migrate=False) as stack,
+            pytest.raises(StackError, match=r"\(metrics\) was taken by another process"),
+        ):
+            stack.up()
+    finally:
+        for sock in held:
+            sock.close()
+    assert StackState.load(StatePaths(cfg.state_dir)) is None
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in str(p.info)]

@@ -27,7 +27,7 @@ from relayq_devstack.health import (
     postgres_ready,
     redis_ping,
 )
-from relayq_devstack.ports import pick_port, port_is_free
+from relayq_devstack.ports import free_port, pick_port, port_is_free
 from relayq_devstack.postgres import PostgresServer, start_postgres
 from relayq_devstack.process import ProcessFailed, ServiceProcess, Stoppable, stop_all
 from relayq_devstack.prometheus import prometheus_service
@@ -63,6 +63,9 @@ ENV_HEADER = (
     "Load it into a shell with: set -a; . {path}; set +a"
 )
 _POLL = 0.25
+# Times the services are restarted on new ports when another process took one of theirs
+# between the check and the bind (two stacks starting at once race for the default ports).
+PORT_RACE_RETRIES = 3
 # dlq-svc's admin token lives in the state directory, so it stays the same across restarts.
 DLQ_TOKEN_FILE = "dlq-admin-token"
 
@@ -90,24 +93,50 @@ class StackInfo:
     already_running: bool = False
 
 
+def _port_names(config: StackConfig, groups: set[str]) -> dict[str, int]:
+    """The wanted port of every service port of ``groups``, by name."""
+    per_node = worker_metrics_ports(config.workers)
+    wanted: dict[str, int] = {}
+    for group in sorted(groups):
+        for name in [*PORTS_BY_GROUP.get(group, ()), *(per_node if group == "worker" else ())]:
+            wanted[name] = config.ports.get(name) or per_node[name]
+    return wanted
+
+
 def _resolve_ports(config: StackConfig, groups: set[str]) -> tuple[dict[str, int], list[str]]:
     """Every port, checked (and moved if a busy default) for the groups that will run."""
     ports: dict[str, int] = dict(config.ports)
     notes: list[str] = []
-    per_node = worker_metrics_ports(config.workers)
-    for group in sorted(groups):
-        names = [*PORTS_BY_GROUP.get(group, ()), *(per_node if group == "worker" else ())]
-        for name in names:
-            wanted = config.ports.get(name) or per_node[name]
-            if name in config.explicit_ports:
-                if not port_is_free(wanted):
-                    raise StackError(f"port {wanted} ({name}) was asked for but is busy")
-                ports[name] = wanted
-                continue
-            ports[name], moved = pick_port(wanted)
-            if moved:
-                notes.append(f"port {wanted} ({name}) is busy: using {ports[name]} instead")
+    for name, wanted in _port_names(config, groups).items():
+        if name in config.explicit_ports:
+            if not port_is_free(wanted):
+                raise StackError(f"port {wanted} ({name}) was asked for but is busy")
+            ports[name] = wanted
+            continue
+        ports[name], moved = pick_port(wanted)
+        if moved:
+            notes.append(f"port {wanted} ({name}) is busy: using {ports[name]} instead")
     return ports, notes
+
+
+def _move_taken_ports(config: StackConfig, groups: set[str], ports: dict[str, int]) -> list[str]:
+    """Moves the ports another process took after :func:`_resolve_ports` checked them (call it
+    with the stack's own services stopped); a note for each. A port the user asked for cannot
+    move: that is a :class:`StackError`."""
+    notes: list[str] = []
+    for name in _port_names(config, groups):
+        port = ports[name]
+        if port_is_free(port):
+            continue
+        if name in config.explicit_ports:
+            raise StackError(
+                f"port {port} ({name}) was taken by another process while the stack started"
+            )
+        ports[name] = free_port()
+        notes.append(
+            f"port {port} ({name}) was taken while the stack started: using {ports[name]} instead"
+        )
+    return notes
 
 
 def dlq_admin_token(paths: StatePaths) -> str:
@@ -260,22 +289,56 @@ class Stack:
         self.state.notes = notes
         redis_url = self._start_redis()
         database_url = self._start_postgres()
-        ctx = ServiceContext(
-            bin_dir=self.config.bin_dir,
-            redis_url=redis_url,
-            database_url=database_url,
-            ports=ports,
-            workers=self.config.workers,
-            concurrency=self.config.concurrency,
-            dlq_admin_token="" if "dlq" in self.config.skip else dlq_admin_token(self.paths),
+        for attempt in range(PORT_RACE_RETRIES + 1):
+            ctx = ServiceContext(
+                bin_dir=self.config.bin_dir,
+                redis_url=redis_url,
+                database_url=database_url,
+                ports=dict(ports),
+                workers=self.config.workers,
+                concurrency=self.config.concurrency,
+                dlq_admin_token="" if "dlq" in self.config.skip else dlq_admin_token(self.paths),
+            )
+            specs = self._specs(ctx)
+            if attempt == 0 and self.migrate:
+                self._run_migrations(ctx, deadline)
+            started = len(self.processes)
+            for spec in specs:
+                self._start_service(spec)
+            try:
+                self._wait_healthy(specs, deadline)
+                break
+            except StackError:
+                if attempt == PORT_RACE_RETRIES:
+                    raise
+                # A service that lost its port to another process exits at its bind: stop
+                # ours, and if one of their ports is busy now, someone else holds it.
+                self._stop_since(started)
+                moved = _move_taken_ports(self.config, groups, ports)
+                if not moved:
+                    raise
+                log.warning("stack_ports_taken", notes=moved)
+                self.state.notes += moved
+        self.state.env = stack_env(ctx, {s.group for s in specs})
+        header = ENV_HEADER.format(path=self.paths.stack_env)
+        write_env(self.paths.stack_env, self.state.env, header=header)
+        os.chmod(self.paths.stack_env, 0o600)  # it holds dlq-svc's admin token
+        self.state.phase = "up"
+        self.state.save(self.paths)
+        log.info("stack_up", state_dir=str(self.paths.root), services=[s.name for s in specs])
+        return StackInfo(
+            self.paths.root, dict(self.state.env), self.state.components, self.state.notes
         )
+
+    def _specs(self, ctx: ServiceContext) -> list[ServiceSpec]:
+        """The services to start (Prometheus included when installed), each installed."""
         specs = [s for s in self.services(ctx) if s.group not in self.config.skip]
         if "prometheus" not in self.config.skip:
             prometheus = prometheus_service(ctx, specs, self.paths.root / "prometheus")
             if prometheus is None:
-                self.state.notes.append(
-                    "prometheus is not installed (apt-get install prometheus): not started"
-                )
+                note = "prometheus is not installed (apt-get install prometheus): not started"
+                if note not in self.state.notes:
+                    self.state.notes.append(note)
             else:
                 specs.append(prometheus)
         missing = sorted({s.argv[0] for s in specs if not Path(s.argv[0]).exists()})
@@ -285,29 +348,31 @@ class Stack:
             raise StackError(
                 "not installed: " + ", ".join(missing) + " (is the workspace synced: `uv sync`?)"
             )
-        if self.migrate:
-            migrate = ServiceProcess(
-                "migrate",
-                migrate_argv(ctx),
-                log_path=self.paths.log("migrate"),
-                env=ctx.common_env(),
-            )
-            self.processes.append(migrate)  # so that Ctrl-C during migrations stops it too
-            try:
-                _run_to_completion(migrate, deadline)
-            except ProcessFailed as exc:
-                raise StackError("migrations failed", [exc]) from None
-        for spec in specs:
-            self._start_service(spec)
-        self._wait_healthy(specs, deadline)
-        self.state.env = stack_env(ctx, {s.group for s in specs})
-        header = ENV_HEADER.format(path=self.paths.stack_env)
-        write_env(self.paths.stack_env, self.state.env, header=header)
-        os.chmod(self.paths.stack_env, 0o600)  # it holds dlq-svc's admin token
-        self.state.phase = "up"
+        return specs
+
+    def _run_migrations(self, ctx: ServiceContext, deadline: float) -> None:
+        migrate = ServiceProcess(
+            "migrate",
+            migrate_argv(ctx),
+            log_path=self.paths.log("migrate"),
+            env=ctx.common_env(),
+        )
+        self.processes.append(migrate)  # so that Ctrl-C during migrations stops it too
+        try:
+            _run_to_completion(migrate, deadline)
+        except ProcessFailed as exc:
+            raise StackError("migrations failed", [exc]) from None
+
+    def _stop_since(self, started: int) -> None:
+        """Stops the services started from ``self.processes[started]`` on and forgets them."""
+        stopping = self.processes[started:]
+        stop_all(stopping, 10.0)
+        del self.processes[started:]
+        names = {p.name for p in stopping}
+        self.state.components = [
+            c for c in self.state.components if c.kind != "service" or c.name not in names
+        ]
         self.state.save(self.paths)
-        log.info("stack_up", state_dir=str(self.paths.root), services=[s.name for s in specs])
-        return StackInfo(self.paths.root, dict(self.state.env), self.state.components, notes)
 
     def _start_service(self, spec: ServiceSpec) -> None:
         for path, text in spec.files.items():
