@@ -17,6 +17,7 @@ from dlq_svc.model import (
     Stats,
 )
 from relayq.v1 import dead_letter_pb2, job_pb2
+from relayq_core.convert import attempt_to_proto, timestamp_to_proto
 from relayq_core.errors import InvalidArgument
 from relayq_core.jobs import AttemptRecord
 from relayq_core.redaction import mask_fields, scrub_text
@@ -35,14 +36,6 @@ def _dt(msg: Message, field: str, label: str = "") -> datetime | None:
             f"{label or field} is not a valid timestamp "
             f"(seconds={ts.seconds}, nanos={ts.nanos}): it must lie in years 1..9999"
         ) from None
-
-
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def render_trace_url(template: str, trace_id: str) -> str:
@@ -82,20 +75,6 @@ def attempt_from_proto(a: job_pb2.Attempt, default_start: datetime) -> AttemptRe
     )
 
 
-def attempt_to_proto(a: AttemptRecord) -> job_pb2.Attempt:
-    """One attempt of an entry."""
-    return job_pb2.Attempt(
-        number=a.number,
-        worker=a.worker,
-        started_at=_ts(a.started_at),
-        duration_seconds=a.duration_seconds,
-        outcome=a.outcome,
-        error_type=a.error_type,
-        error_message=a.error_message,
-        countdown_seconds=a.countdown_seconds,
-    )
-
-
 def report_from_proto(req: dead_letter_pb2.ReportDeadLetterRequest) -> DeadLetterReport:
     """The request as a validated :class:`DeadLetterReport`."""
     dead_lettered_at = _dt(req, "dead_lettered_at") or datetime.now(UTC)
@@ -120,7 +99,11 @@ def report_from_proto(req: dead_letter_pb2.ReportDeadLetterRequest) -> DeadLette
 
 def _audit_to_proto(a: AuditRecord) -> dead_letter_pb2.AuditRecord:
     return dead_letter_pb2.AuditRecord(
-        action=a.action.value, at=_ts(a.at), actor=a.actor, reason=a.reason, result=a.result
+        action=a.action.value,
+        at=timestamp_to_proto(a.at),
+        actor=a.actor,
+        reason=a.reason,
+        result=a.result,
     )
 
 
@@ -146,12 +129,12 @@ def dead_letter_to_proto(
         attempts=[attempt_to_proto(a) for a in entry.attempts],
         trace_id=entry.trace_id,
         trace_url=render_trace_url(trace_url_template, entry.trace_id),
-        first_failed_at=_ts(entry.first_failed_at),
-        dead_lettered_at=_ts(entry.dead_lettered_at),
+        first_failed_at=timestamp_to_proto(entry.first_failed_at),
+        dead_lettered_at=timestamp_to_proto(entry.dead_lettered_at),
         status=entry.status.value,
         dead_letter_count=entry.dead_letter_count,
         audit=[_audit_to_proto(a) for a in entry.audit],
-        updated_at=_ts(entry.updated_at),
+        updated_at=timestamp_to_proto(entry.updated_at),
     )
     msg.payload.update(mask_fields(entry.payload, redact_fields))
     return msg
@@ -168,7 +151,7 @@ def stats_to_proto(stats: Stats) -> dead_letter_pb2.GetDeadLetterStatsResponse:
         by_task=counts(stats.by_task),
         by_reason=counts(stats.by_reason),
         by_status=counts(stats.by_status),
-        oldest_active_at=_ts(stats.oldest_active_at),
+        oldest_active_at=timestamp_to_proto(stats.oldest_active_at),
         oldest_active_id=stats.oldest_active_id,
         active_by_task_reason=[
             dead_letter_pb2.TaskReasonCount(task=t, reason=r, count=n)

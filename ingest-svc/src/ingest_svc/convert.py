@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
 from relayq.v1 import ingest_pb2, job_pb2
+from relayq_core.convert import attempt_to_proto, timestamp_to_proto
 from relayq_core.jobs import JobRecord, JobState, SubmitResult
 
 _STATE = {
@@ -66,14 +66,6 @@ def submit_result_to_proto(result: SubmitResult) -> ingest_pb2.SubmitJobResponse
     )
 
 
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def job_to_proto(job: JobRecord) -> job_pb2.Job:
     """The whole job record, attempts included."""
     msg = job_pb2.Job(
@@ -85,26 +77,14 @@ def job_to_proto(job: JobRecord) -> job_pb2.Job:
         attempt_count=job.attempt_count,
         last_error=job.last_error,
         trace_id=job.trace_id,
-        created_at=_ts(job.created_at),
-        updated_at=_ts(job.updated_at),
-        started_at=_ts(job.started_at),
-        finished_at=_ts(job.finished_at),
-        next_attempt_at=_ts(job.next_attempt_at),
+        created_at=timestamp_to_proto(job.created_at),
+        updated_at=timestamp_to_proto(job.updated_at),
+        started_at=timestamp_to_proto(job.started_at),
+        finished_at=timestamp_to_proto(job.finished_at),
+        next_attempt_at=timestamp_to_proto(job.next_attempt_at),
         duplicate_deliveries=job.duplicate_deliveries,
         worker_losses=job.worker_losses,
-        attempts=[
-            job_pb2.Attempt(
-                number=a.number,
-                worker=a.worker,
-                started_at=_ts(a.started_at),
-                duration_seconds=a.duration_seconds,
-                outcome=a.outcome,
-                error_type=a.error_type,
-                error_message=a.error_message,
-                countdown_seconds=a.countdown_seconds,
-            )
-            for a in job.attempts
-        ],
+        attempts=[attempt_to_proto(a) for a in job.attempts],
     )
     msg.payload.update(job.payload)
     if job.result is not None:

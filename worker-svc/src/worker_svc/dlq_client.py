@@ -13,19 +13,17 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, job_pb2
+from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc
+from relayq_core.convert import attempt_to_proto, timestamp_to_proto
 from relayq_core.jobs import JobRecord
 from relayq_core.tls import ClientTls, channel
 
 
 def _ts(value: datetime | str | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
+    """Like :func:`timestamp_to_proto`, but the staged report's times are ISO strings."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    return timestamp_to_proto(value)
 
 
 def build_report(job: JobRecord, staged: dict[str, Any]) -> dead_letter_pb2.ReportDeadLetterRequest:
@@ -46,19 +44,7 @@ def build_report(job: JobRecord, staged: dict[str, Any]) -> dead_letter_pb2.Repo
         dead_lettered_at=_ts(staged["dead_lettered_at"]),
         final_attempt=int(staged["final_attempt"]),
         worker=staged["worker"],
-        attempts=[
-            job_pb2.Attempt(
-                number=a.number,
-                worker=a.worker,
-                started_at=_ts(a.started_at),
-                duration_seconds=a.duration_seconds,
-                outcome=a.outcome,
-                error_type=a.error_type,
-                error_message=a.error_message,
-                countdown_seconds=a.countdown_seconds,
-            )
-            for a in job.attempts
-        ],
+        attempts=[attempt_to_proto(a) for a in job.attempts],
     )
     request.payload.update(job.payload)
     return request

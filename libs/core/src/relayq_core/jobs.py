@@ -1,7 +1,8 @@
 """The job as the domain sees it: plain dataclasses, no generated protobuf types.
 
-Servicers convert at the edge (``from_proto`` / ``to_proto`` in each service); everything else
-works with these.
+Servicers convert at the edge (``from_proto`` / ``to_proto`` in each service, and
+:mod:`relayq_core.convert` for what several services send alike); everything else works with
+these.
 """
 
 from __future__ import annotations
