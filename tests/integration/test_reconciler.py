@@ -13,7 +13,7 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -354,5 +354,70 @@ async def test_the_console_script_serves_health_and_metrics(
         events = [json.loads(line)["event"] for line in proc.log_tail(200).splitlines()[1:]]
         assert "reconciler_started" in events and "broker_data_lost" in events
     finally:
+        proc.stop(timeout=10)
+    assert proc.returncode == 0
+
+
+async def test_a_statement_stuck_behind_a_lock_fails_its_cycle_and_the_next_ones_run(
+    ledger_url: str, broker: RedisServer, tmp_path: Path
+) -> None:
+    """Without a statement timeout a cycle waits as long as the lock is held, every rule with it,
+    and nothing counts a failure: ReconcilerFailing could not fire."""
+    port = free_port()
+    proc = ServiceProcess(
+        "reconciler",
+        [str(BIN / "relayq-reconciler")],
+        log_path=tmp_path / "reconciler.log",
+        env=service_env(
+            ledger_url,
+            broker.url,
+            RELAYQ_RECONCILER_PORT=str(port),
+            RELAYQ_RECONCILER_INTERVAL_SECONDS="0.2",
+            RELAYQ_RECONCILER_STATEMENT_TIMEOUT_SECONDS="0.5",
+            RELAYQ_CATALOG=str(REPO / "config" / "tasks.toml"),
+        ),
+        inherit_env=False,
+    )
+
+    def metric(name: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                text = r.read().decode()
+        except OSError:
+            return -1.0
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, f"{what}: {proc.log_tail(20)}"
+            await asyncio.sleep(0.1)
+
+    failures = 'relayq_reconciler_cycle_errors_total{source="postgres"}'
+    cycles = "relayq_reconciler_cycle_seconds_count"
+    locker = await asyncpg.connect(ledger_url)
+    try:
+        await until(lambda: metric(cycles) >= 2, "cycles before the lock")
+        assert metric(failures) <= 0
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE relayq_jobs IN ACCESS EXCLUSIVE MODE")
+            await until(lambda: metric(failures) >= 2, "timed-out cycles under the lock")
+        held_failures = metric(failures)
+        after = metric(cycles)
+        # The lock is gone: cycles succeed again and no more fail.
+        await until(lambda: metric(cycles) >= after + 5, "cycles after the lock")
+        assert metric(failures) <= held_failures + 1  # one may have been under way
+        events = [json.loads(line) for line in proc.log_tail(400).splitlines()[1:]]
+        timeouts = [
+            e
+            for e in events
+            if e.get("event") == "reconcile_cycle_failed" and e["source"] == "postgres"
+        ]
+        assert timeouts and {e["error"] for e in timeouts} == {"TimeoutError"}
+    finally:
+        await locker.close()
         proc.stop(timeout=10)
     assert proc.returncode == 0

@@ -105,7 +105,7 @@ BROKER_RESETS = Counter(
 )
 CYCLE_ERRORS = Counter(
     "relayq_reconciler_cycle_errors_total",
-    "Reconciler cycles that failed, by the source that failed (postgres, redis)",
+    "Reconciler cycles that failed, by the source that failed (postgres, redis, broker)",
     ["source"],
 )
 CYCLE_SECONDS = Histogram(
@@ -150,6 +150,12 @@ class ReconcilerSettings(CommonSettings):
         120.0, gt=0, description="A submit never published after this long is published"
     )
     batch_size: int = Field(500, gt=0, le=10_000, description="Jobs claimed per statement")
+    statement_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A statement still running after this long (a lock it waits for, a "
+        "connection that stopped answering) is cancelled and its cycle counts as failed",
+    )
     host: str = Field("127.0.0.1", description="Where /healthz and /metrics listen")
     port: int = Field(0, ge=0, le=65535, description="/healthz and /metrics; 0: not served")
 
@@ -389,7 +395,14 @@ async def serve(settings: ReconcilerSettings) -> None:
     from relayq_core.reconcile_http import serve_http
 
     catalog = load_catalog(settings.catalog_path)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    # A statement that never returns would stall every rule, with /healthz still answering
+    # from its own thread: bounded, it is a failed cycle (ReconcilerFailing) and the next runs.
+    pool = await create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        command_timeout=settings.statement_timeout_seconds,
+    )
     broker = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
     )

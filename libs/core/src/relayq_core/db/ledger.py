@@ -55,13 +55,19 @@ async def rollback_only(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, session_state: bool = True
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    session_state: bool = True,
+    command_timeout: float | None = None,
 ) -> asyncpg.Pool:
     """A connection pool with relayq's codecs.
 
     ``session_state=False`` promises that no caller takes session advisory locks, LISTENs,
     opens cursors or changes settings outside a transaction (ingest), so releasing a
-    connection costs no round trip (:func:`rollback_only`).
+    connection costs no round trip (:func:`rollback_only`). ``command_timeout``: a statement
+    still running after that many seconds is cancelled and raises ``TimeoutError``.
     """
     pool = await asyncpg.create_pool(
         dsn,
@@ -69,6 +75,7 @@ async def create_pool(
         max_size=max_size,
         init=init_connection,
         reset=None if session_state else rollback_only,
+        command_timeout=command_timeout,
     )
     assert pool is not None
     return pool
