@@ -172,6 +172,7 @@ def test_up_status_env_down(tmp_path: Path) -> None:
                 "relayq-dlq",
                 "relayq-ingest",
                 "relayq-metrics-gateway",
+                "relayq-reconciler",
                 "relayq-worker",
                 "relayq-worker",
             ]

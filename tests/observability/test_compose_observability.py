@@ -84,8 +84,9 @@ def test_grafana_provisioning_points_at_the_mounts() -> None:
 
 
 def test_scraped_services_listen_where_prometheus_looks(svcs: dict[str, dict[str, Any]]) -> None:
-    """prometheus.yml names ingest:8000, worker:9200 (DNS), dlq:9101 and metrics-gateway:9100:
-    each service must serve its metrics there, on all interfaces of its container."""
+    """prometheus.yml names ingest:8000, worker:9200 (DNS), dlq:9101, metrics-gateway:9100 and
+    reconciler:9102: each service must serve its metrics there, on all interfaces of its
+    container."""
     worker = svcs["worker"]["environment"]
     assert worker["RELAYQ_WORKER_METRICS_PORT"] == "9200"
     assert worker["RELAYQ_WORKER_METRICS_HOST"] == "0.0.0.0"
@@ -94,6 +95,9 @@ def test_scraped_services_listen_where_prometheus_looks(svcs: dict[str, dict[str
     assert dlq["RELAYQ_DLQ_METRICS_HOST"] == "0.0.0.0"
     assert svcs["ingest"]["environment"]["RELAYQ_INGEST_HTTP_PORT"] == "8000"
     assert svcs["metrics-gateway"]["environment"]["RELAYQ_METRICS_PORT"] == "9100"
+    reconciler = svcs["reconciler"]["environment"]
+    assert reconciler["RELAYQ_RECONCILER_PORT"] == "9102"
+    assert reconciler["RELAYQ_RECONCILER_HOST"] == "0.0.0.0"
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     targets = {
         job["job_name"]: job.get("static_configs", [{}])[0].get("targets")
@@ -102,4 +106,5 @@ def test_scraped_services_listen_where_prometheus_looks(svcs: dict[str, dict[str
     assert targets["relayq-ingest"] == ["ingest:8000"]
     assert targets["relayq-dlq"] == ["dlq:9101"]
     assert targets["relayq-metrics-gateway"] == ["metrics-gateway:9100"]
-    assert set(svcs) >= {"ingest", "worker", "dlq", "metrics-gateway"}
+    assert targets["relayq-reconciler"] == ["reconciler:9102"]
+    assert set(svcs) >= {"ingest", "worker", "dlq", "metrics-gateway", "reconciler"}

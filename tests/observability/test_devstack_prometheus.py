@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from relayq_devstack import prometheus as prom
 from relayq_devstack.config import DEFAULT_PORTS
@@ -24,7 +25,7 @@ from relayq_devstack.prometheus import (
     start_prometheus,
 )
 from relayq_devstack.services import ServiceContext, relayq_services, stack_env
-from tests.observability.prometheus_fixture import RULE_FILES, require_tool
+from tests.observability.prometheus_fixture import PROMETHEUS_DIR, RULE_FILES, require_tool
 
 
 def _ctx(workers: int = 2) -> ServiceContext:
@@ -44,7 +45,16 @@ def test_each_service_group_becomes_a_scrape_job() -> None:
         "relayq-dlq": ("127.0.0.1:9101",),
         "relayq-worker": ("127.0.0.1:9301", "127.0.0.1:9302"),
         "relayq-metrics-gateway": ("127.0.0.1:9100",),
+        "relayq-reconciler": ("127.0.0.1:9102",),
     }
+
+
+def test_scrape_jobs_match_the_compose_config() -> None:
+    """The local stack and compose name each service's job alike: the alert rules and the
+    dashboard select on them."""
+    compose = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    compose_jobs = {job["job_name"] for job in compose["scrape_configs"]} - {"prometheus"}
+    assert {job.name for job in scrape_jobs(relayq_services(_ctx()))} == compose_jobs
 
 
 def test_services_get_their_metrics_ports() -> None:
@@ -84,6 +94,7 @@ def test_the_stack_service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         "relayq-dlq",
         "relayq-worker",
         "relayq-metrics-gateway",
+        "relayq-reconciler",
     }
 
     monkeypatch.setattr(prom, "find_binary", lambda name="prometheus": None)

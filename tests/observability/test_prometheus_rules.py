@@ -38,6 +38,11 @@ RUNBOOK_ANCHORS = {
     "DLQFlooding": "dlq-flooding",
     "NoWorkerConsuming": "no-worker-consuming",
     "ServiceDown": "service-down",
+    "ReconcilerRequeuing": "reconciler-requeuing",
+    "ReconcilerFailing": "reconciler-failing",
+    "ReconcilerStalled": "reconciler-failing",
+    # The reconciler's broker-reset count: the incident section the runbook already had.
+    "BrokerDataLost": "redis-lost-its-data",
 }
 # Paged at 3am: jobs are not being done, or we would not know.
 PAGES = {"OldestJobTooOld", "NoWorkerConsuming", "ServiceDown"}
@@ -99,12 +104,19 @@ def test_compose_config_passes_promtool_check(tmp_path: Path) -> None:
 def test_compose_config_scrapes_every_service() -> None:
     config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert {"relayq-ingest", "relayq-worker", "relayq-dlq", "relayq-metrics-gateway"} <= set(jobs)
+    assert {
+        "relayq-ingest",
+        "relayq-worker",
+        "relayq-dlq",
+        "relayq-metrics-gateway",
+        "relayq-reconciler",
+    } <= set(jobs)
     assert jobs["relayq-ingest"]["static_configs"][0]["targets"] == ["ingest:8000"]
     assert jobs["relayq-dlq"]["static_configs"][0]["targets"] == ["dlq:9101"]
     assert jobs["relayq-metrics-gateway"]["static_configs"][0]["targets"] == [
         "metrics-gateway:9100"
     ]
+    assert jobs["relayq-reconciler"]["static_configs"][0]["targets"] == ["reconciler:9102"]
     # Every replica of `--scale worker=N`, found through Docker's DNS.
     assert jobs["relayq-worker"]["dns_sd_configs"] == [
         {"names": ["worker"], "type": "A", "port": 9200, "refresh_interval": "15s"}
@@ -186,7 +198,9 @@ def test_alerts_carry_severity_annotations_and_runbook() -> None:
         assert (labels["severity"] == "page") == (name in PAGES) or name == "ServiceDown", name
         notes = rule.get("annotations", {})
         assert notes.get("summary") and notes.get("description"), name
-        assert "$value" in notes["summary"] + notes["description"] or name == "ServiceDown", name
+        # A rule that fires only at 0 ("up == 0", "no cycle finished == 0") has no value to show.
+        shows_value = "$value" in notes["summary"] + notes["description"]
+        assert shows_value or " == 0" in str(rule["expr"]), name
         anchor = RUNBOOK_ANCHORS[name]
         assert notes.get("runbook_url") == f"docs/runbook.md#{anchor}", name
         assert anchor in anchors, f"docs/runbook.md has no section for #{anchor}"
@@ -194,6 +208,8 @@ def test_alerts_carry_severity_annotations_and_runbook() -> None:
 
 
 def test_service_down_pages_for_ingest_and_gateway_only() -> None:
+    """Every scraped relayq service is in one ServiceDown rule: ingest and the gateway page,
+    the others make tickets."""
     severities = {
         rule["labels"]["severity"]: rule["expr"]
         for rule in alert_rules()
@@ -202,6 +218,11 @@ def test_service_down_pages_for_ingest_and_gateway_only() -> None:
     assert set(severities) == {"page", "ticket"}
     assert "relayq-ingest" in severities["page"] and "relayq-metrics-gateway" in severities["page"]
     assert "relayq-worker" in severities["ticket"] and "relayq-dlq" in severities["ticket"]
+    assert "relayq-reconciler" in severities["ticket"]
+    config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    scraped = {job["job_name"] for job in config["scrape_configs"]} - {"prometheus"}
+    watched = set(re.findall(r"relayq-[a-z-]+", " ".join(severities.values())))
+    assert scraped == watched, f"scraped but not watched: {scraped - watched}"
 
 
 def test_recording_rules_follow_naming_and_exist_where_used() -> None:
@@ -237,6 +258,24 @@ MUTATIONS = {
     "traffic-guard": ("> 0.1\n", "> 0\n", "high_error_rate"),
     "per-minute": ("rate10m * 60 > 10", "rate10m > 10", "dlq_flooding"),
     "gateway-down": ("relayq-ingest|relayq-metrics-gateway", "relayq-ingest", "service_down"),
+    "reconciler-down": (
+        "relayq-dlq|relayq-worker|relayq-reconciler",
+        "relayq-dlq|relayq-worker",
+        "service_down",
+    ),
+    "requeue-sustained": ("for: 30m", "for: 5m", "reconciler_requeuing"),
+    "requeue-sweep-excluded": ('{reason!="broker_data_lost"}', "", "reconciler_requeuing"),
+    "broker-reset": (
+        "broker_resets_total[15m])) > 0",
+        "broker_resets_total[15m])) > 1",
+        "broker_data_lost",
+    ),
+    "failing-share": ("          > 0.5", "          > 0", "reconciler_failing"),
+    "stall-sweep": (
+        "unless sum(rate(relayq_reconciler_requeued_total[5m])) > 0",
+        "",
+        "reconciler_stalled",
+    ),
 }
 
 

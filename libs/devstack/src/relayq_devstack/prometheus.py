@@ -46,6 +46,7 @@ JOB_BY_GROUP: dict[str, str] = {
     "worker": "relayq-worker",
     "dlq": "relayq-dlq",
     "metrics-gateway": "relayq-metrics-gateway",
+    "reconciler": "relayq-reconciler",
 }
 # The local stack scrapes and evaluates every 5 s: a demo shows on the dashboard at once, and a
 # rate over the rules' 5m windows has plenty of samples.
