@@ -311,24 +311,32 @@ async def test_a_failed_publish_leaves_the_claim_for_the_next_cycle(world: World
     assert await world.reconciler.cycle() == {Reason.NEVER_PUBLISHED: 1}
 
 
-async def test_the_console_script_serves_health_and_metrics(
-    ledger_url: str, broker: RedisServer, tmp_path: Path
-) -> None:
-    port = free_port()
-    broker.flushall()
-    proc = ServiceProcess(
+def reconciler_process(
+    ledger_url: str, broker: RedisServer, log_dir: Path, port: int, **env: str
+) -> ServiceProcess:
+    """``relayq-reconciler`` serving /healthz and /metrics on ``port``, cycling every 0.2 s."""
+    return ServiceProcess(
         "reconciler",
         [str(BIN / "relayq-reconciler")],
-        log_path=tmp_path / "reconciler.log",
+        log_path=log_dir / "reconciler.log",
         env=service_env(
             ledger_url,
             broker.url,
             RELAYQ_RECONCILER_PORT=str(port),
             RELAYQ_RECONCILER_INTERVAL_SECONDS="0.2",
             RELAYQ_CATALOG=str(REPO / "config" / "tasks.toml"),
+            **env,
         ),
         inherit_env=False,
     )
+
+
+async def test_the_console_script_serves_health_and_metrics(
+    ledger_url: str, broker: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    broker.flushall()
+    proc = reconciler_process(ledger_url, broker, tmp_path, port)
     try:
 
         def get(path: str) -> tuple[int, str]:
@@ -364,19 +372,8 @@ async def test_a_statement_stuck_behind_a_lock_fails_its_cycle_and_the_next_ones
     """Without a statement timeout a cycle waits as long as the lock is held, every rule with it,
     and nothing counts a failure: ReconcilerFailing could not fire."""
     port = free_port()
-    proc = ServiceProcess(
-        "reconciler",
-        [str(BIN / "relayq-reconciler")],
-        log_path=tmp_path / "reconciler.log",
-        env=service_env(
-            ledger_url,
-            broker.url,
-            RELAYQ_RECONCILER_PORT=str(port),
-            RELAYQ_RECONCILER_INTERVAL_SECONDS="0.2",
-            RELAYQ_RECONCILER_STATEMENT_TIMEOUT_SECONDS="0.5",
-            RELAYQ_CATALOG=str(REPO / "config" / "tasks.toml"),
-        ),
-        inherit_env=False,
+    proc = reconciler_process(
+        ledger_url, broker, tmp_path, port, RELAYQ_RECONCILER_STATEMENT_TIMEOUT_SECONDS="0.5"
     )
 
     def metric(name: str) -> float:
