@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,8 +167,9 @@ def test_up_status_env_down(tmp_path: Path) -> None:
         ]
         if WITH_PROMETHEUS:
             # It scrapes every service group that serves metrics (stand-ins answer 404: down).
-            targets = PrometheusClient(info.env["RELAYQ_PROMETHEUS_URL"]).targets()
-            assert sorted(t["labels"]["job"] for t in targets) == [
+            # Ready is not the same as having loaded the targets: on a busy machine the target
+            # list is empty for a moment after Prometheus answers.
+            expected = [
                 "prometheus",
                 "relayq-dlq",
                 "relayq-ingest",
@@ -176,6 +178,13 @@ def test_up_status_env_down(tmp_path: Path) -> None:
                 "relayq-worker",
                 "relayq-worker",
             ]
+            prometheus = PrometheusClient(info.env["RELAYQ_PROMETHEUS_URL"])
+            deadline = time.monotonic() + 15
+            jobs = sorted(t["labels"]["job"] for t in prometheus.targets())
+            while jobs != expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+                jobs = sorted(t["labels"]["job"] for t in prometheus.targets())
+            assert jobs == expected
 
         # From another process, as a developer would.
         shown = cli(cfg.state_dir, "status")
