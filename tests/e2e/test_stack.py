@@ -58,6 +58,7 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
             "RELAYQ_DATABASE_URL",
             "RELAYQ_FLOWER_URL",
             "RELAYQ_METRICS_URL",
+            "RELAYQ_RECONCILER_URL",
         ):
             assert f"{name}=" in stack_env
         import json

@@ -142,6 +142,7 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "RELAYQ_DATABASE_URL",
             "RELAYQ_FLOWER_URL",
             "RELAYQ_METRICS_URL",
+            "RELAYQ_RECONCILER_URL",
         }
         assert ("RELAYQ_PROMETHEUS_URL" in info.env) == WITH_PROMETHEUS
         assert read_env(paths.stack_env) == info.env

@@ -111,7 +111,7 @@ def test_services_are_wired_by_env() -> None:
 
 
 def test_stack_env_has_exactly_the_documented_names() -> None:
-    groups = {"ingest", "dlq", "worker", "metrics-gateway", "flower"}
+    groups = {"ingest", "dlq", "worker", "metrics-gateway", "reconciler", "flower"}
     assert stack_env(_ctx(), groups) == {
         "RELAYQ_INGEST_GRPC": "127.0.0.1:50051",
         "RELAYQ_INGEST_HTTP": "http://127.0.0.1:8000",
@@ -120,8 +120,10 @@ def test_stack_env_has_exactly_the_documented_names() -> None:
         "RELAYQ_DATABASE_URL": "postgresql://postgres@127.0.0.1:1001/relayq",
         "RELAYQ_FLOWER_URL": "http://127.0.0.1:5555",
         "RELAYQ_METRICS_URL": "http://127.0.0.1:9100",
+        "RELAYQ_RECONCILER_URL": "http://127.0.0.1:9102",
     }
     assert "RELAYQ_FLOWER_URL" not in stack_env(_ctx(), groups - {"flower"})
+    assert "RELAYQ_RECONCILER_URL" not in stack_env(_ctx(), groups - {"reconciler"})
 
 
 def test_health_checks_survive_json() -> None:

@@ -220,6 +220,8 @@ def stack_env(ctx: ServiceContext, groups: set[str]) -> dict[str, str]:
         env["RELAYQ_FLOWER_URL"] = f"http://{HOST}:{p['flower']}"
     if "metrics-gateway" in groups:
         env["RELAYQ_METRICS_URL"] = f"http://{HOST}:{p['metrics']}"
+    if "reconciler" in groups:
+        env["RELAYQ_RECONCILER_URL"] = f"http://{HOST}:{p['reconciler']}"
     if "prometheus" in groups:
         env["RELAYQ_PROMETHEUS_URL"] = f"http://{HOST}:{p['prometheus']}"
     return env
