@@ -347,8 +347,14 @@ async def test_replay_rate_is_observed(fresh_dlq: Dlq) -> None:
     assert spread >= 0.45, f"6 entries at 10/s took {spread:.3f}s"
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs argv[1:] with SIGINT at its default, as from a terminal: a run started in the background
+# by a non-interactive shell (nohup, `&`) inherits SIGINT ignored, and Python then installs no
+# Ctrl-C handler. An exec'd launcher, not preexec_fn: that runs Python in a fork() of this
+# process, whose gRPC threads' fork handlers then break the child (epoll_wait on a closed fd).
+_WITH_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 async def test_interrupted_replay_leaves_each_entry_active_or_replayed(fresh_dlq: Dlq) -> None:
@@ -357,6 +363,9 @@ async def test_interrupted_replay_leaves_each_entry_active_or_replayed(fresh_dlq
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RELAYQ_")}
     environ.update(RELAYQ_DLQ_GRPC=fresh_dlq.address, RELAYQ_DLQ_ADMIN_TOKEN=fresh_dlq.token)
     proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WITH_DEFAULT_SIGINT,
         str(DLQ_TOOL),
         # Slow enough that the interrupt lands mid-run even when this test process is starved of
         # CPU for a while (a loaded CI machine): 8 entries still to go take 4 s.
@@ -365,9 +374,6 @@ async def test_interrupted_replay_leaves_each_entry_active_or_replayed(fresh_dlq
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=environ,
-        # As from a terminal: a run started in the background by a non-interactive shell
-        # (nohup, `&`) inherits SIGINT ignored, and Python then installs no Ctrl-C handler.
-        preexec_fn=_default_sigint,
     )
     assert proc.stderr is not None
     seen = b""
