@@ -29,6 +29,7 @@ import grpc
 import psutil
 
 from relayq.v1 import ingest_pb2, ingest_pb2_grpc, job_pb2
+from relayq_load.cli import submit_argv
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -124,27 +125,9 @@ def load_tool(
     address: str, group: Group, run: str, report: Path, quiet: bool
 ) -> subprocess.Popen[bytes]:
     """Starts ``relayq-load`` submitting ``group`` (its progress on the terminal unless quiet)."""
-    argv = [
-        str(BIN / "relayq-load"),
-        "--insecure",
-        "--call",
-        "relayq.v1.IngestService.SubmitJob",
-        "-d",
-        group.data(run),
-        "-n",
-        str(group.count),
-        "-c",
-        str(min(group.count, 50)),
-        "--name",
-        f"demo {group.name}",
-        "-O",
-        "json",
-        "-o",
-        str(report),
-        address,
-    ]
-    if quiet:
-        argv.append("--quiet")
+    shape = ["-n", str(group.count), "-c", str(min(group.count, 50))]
+    shape += ["--name", f"demo {group.name}", *(["--quiet"] if quiet else [])]
+    argv = submit_argv(address, group.data(run), report, *shape)
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
 
 

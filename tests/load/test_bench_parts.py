@@ -12,6 +12,7 @@ from relayq_load.bench.doc import END, PLACEHOLDER, START, families, render
 from relayq_load.bench.profile import analyse
 from relayq_load.bench.stack import Layout
 from relayq_load.bench.sustain import details_per_second, slope
+from relayq_load.cli import DEFAULT_CALL, parser, submit_argv
 
 
 def test_layouts() -> None:
@@ -151,3 +152,12 @@ def test_render_writes_figures_and_keeps_the_analysis(tmp_path: Path) -> None:
     render(results, doc)
     again = doc.read_text()
     assert f"{START}\nThe consumer saturates a core.\n{END}" in again
+
+
+def test_submit_argv_is_a_command_line_the_tool_accepts(tmp_path: Path) -> None:
+    argv = submit_argv("127.0.0.1:1", '{"task": "x"}', tmp_path / "r.json", "-z", "5s", "--quiet")
+    assert argv[0].endswith("/relayq-load")
+    args = parser().parse_args(argv[1:])
+    assert (args.host, args.call, args.data) == ("127.0.0.1:1", DEFAULT_CALL, '{"task": "x"}')
+    assert (args.duration, args.quiet, args.insecure) == (5.0, True, True)
+    assert (args.format, args.output) == ("json", tmp_path / "r.json")

@@ -58,9 +58,14 @@ class EnqueueMarks:
         return len(self._pending)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
+        # Runs while there is something to write: an idle ingest does not wake every interval.
+        # add() starts it again (no await between the last check and the reset below).
+        try:
+            while self._pending:
+                await asyncio.sleep(self._interval)
+                await self.flush()
+        finally:
+            self._task = None
 
     async def flush(self) -> None:
         """Writes every pending mark now (kept for the next flush if the ledger fails)."""
@@ -83,9 +88,9 @@ class EnqueueMarks:
     async def close(self) -> None:
         """Stops the writer after a last flush."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
         await self.flush()

@@ -37,6 +37,15 @@ _UNIT_SECONDS = {
 }
 
 
+def submit_argv(address: str, data: str, report: Path, *options: str) -> list[str]:
+    """The command that runs ``relayq-load`` (this venv's) sending plaintext ``SubmitJob`` calls
+    built from the template ``data`` to ``address``, with a ghz JSON report in ``report``;
+    ``options`` adds the load's shape (``-c``, ``-n``/``-z``, ``--rps``, ``--quiet``...)."""
+    program = str(Path(sys.executable).parent / "relayq-load")
+    head = [program, "--insecure", "--call", DEFAULT_CALL, "-d", data]
+    return [*head, *options, "-O", "json", "-o", str(report), address]
+
+
 def go_duration(text: str) -> float:
     """Seconds in a Go duration (``10s``, ``1m30s``, ``250ms``); a bare number is seconds."""
     text = text.strip()

@@ -221,13 +221,11 @@ async def _run_claimed(
         attempt = AttemptRecord(
             claim.attempt, delivery.worker, started_at, time.perf_counter() - t0, "succeeded"
         )
+        # With nothing of the handler's to commit alongside, one statement records the success
+        # and releases the job.
         transaction = ctx.transaction
-        if transaction is None:
-            # Nothing of the handler's to commit with it: one statement records the success
-            # and releases the job.
-            await ledger.complete(conn, delivery.job_id, result, attempt, unlock=True)
-        else:
-            await ledger.complete(conn, delivery.job_id, result, attempt, unlock=False)
+        await ledger.complete(conn, delivery.job_id, result, attempt, unlock=transaction is None)
+        if transaction is not None:
             await transaction.commit()
     except Exception as exc:
         if ctx.transaction is not None and not conn.is_closed() and conn.is_in_transaction():

@@ -31,6 +31,17 @@ def _cpu_seconds(pid: int) -> float | None:
     return float(times.user + times.system)
 
 
+def _spent_since(before: dict[int, float | None]) -> float:
+    """CPU seconds the processes of ``before`` ({pid: _cpu_seconds then}) spent since then
+    (one that ended in between counts for nothing)."""
+    spent = 0.0
+    for pid, then in before.items():
+        now = _cpu_seconds(pid)
+        if then is not None and now is not None:
+            spent += now - then
+    return spent
+
+
 def _busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot."""
     t = psutil.cpu_times()
@@ -48,13 +59,8 @@ async def other_load(find_processes: Callable[[], Processes], seconds: float = 3
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - start
     busy1, total1 = _busy_seconds()
-    ours = 0.0
-    for pid, spent in before.items():
-        now = _cpu_seconds(pid)
-        if spent is not None and now is not None:
-            ours += now - spent
     machine = (busy1 - busy0) / max(total1 - total0, 1e-6) * (psutil.cpu_count() or 1)
-    return max(0.0, machine - ours / elapsed)
+    return max(0.0, machine - _spent_since(before) / elapsed)
 
 
 async def own_load(find_processes: Callable[[], Processes], seconds: float = 2.0) -> float:
@@ -64,12 +70,7 @@ async def own_load(find_processes: Callable[[], Processes], seconds: float = 2.0
     start = time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - start
-    spent = 0.0
-    for pid, then in before.items():
-        now = _cpu_seconds(pid)
-        if then is not None and now is not None:
-            spent += now - then
-    return spent / elapsed
+    return _spent_since(before) / elapsed
 
 
 def rss_bytes(pids: list[int]) -> int:

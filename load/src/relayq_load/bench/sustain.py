@@ -20,7 +20,8 @@ import asyncpg
 from relayq_load.bench.counters import CostMeter
 from relayq_load.bench.e2e import per_second, wait_done, waiting_jobs
 from relayq_load.bench.sampler import Sampler
-from relayq_load.bench.stack import BIN, BenchError, BenchStack
+from relayq_load.bench.stack import BenchError, BenchStack
+from relayq_load.cli import submit_argv
 from relayq_load.config import clean_child_env
 
 TEMPLATE = (
@@ -80,26 +81,12 @@ async def sustain_run(
         backlog=lambda: waiting_jobs(pool),
         extra={"load tool": lambda: [proc.pid] if proc is not None else []},
     )
-    argv = [
-        str(BIN / "relayq-load"),
-        "--insecure",
-        "--call",
-        "relayq.v1.IngestService.SubmitJob",
-        "-d",
-        TEMPLATE.format(prefix=prefix),
-        "-c",
-        str(concurrency),
-        "-z",
-        f"{seconds}s",
-        "--rps",
-        str(rps),
-        "-O",
-        "json",
-        "-o",
-        str(report_path),
-        "--quiet",
+    argv = submit_argv(
         stack.ingest,
-    ]
+        TEMPLATE.format(prefix=prefix),
+        report_path,
+        *("-c", str(concurrency), "-z", f"{seconds}s", "--rps", str(rps), "--quiet"),
+    )
     try:
         await meter.reset()
         t0 = time.time()
