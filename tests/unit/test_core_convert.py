@@ -10,9 +10,9 @@ from google.protobuf import timestamp_pb2
 from dlq_svc import convert as dlq_convert
 from ingest_svc.convert import job_to_proto
 from relayq.v1 import job_pb2
-from relayq_core.convert import attempt_to_proto, timestamp_to_proto
+from relayq_core.convert import attempt_to_proto, dead_letter_report_to_proto, timestamp_to_proto
+from relayq_core.deadletter import DeadLetterReport, Reason, StagedDeadLetter
 from relayq_core.jobs import AttemptRecord, JobRecord, JobState
-from worker_svc.dlq_client import build_report
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -127,6 +127,29 @@ def test_ingest_and_worker_send_every_attempt_in_order() -> None:
         "final_attempt": 3,
         "worker": "celery@host-1",
     }
-    report = build_report(job(attempts), staged)
+    report = dead_letter_report_to_proto(
+        DeadLetterReport.of(job(attempts), StagedDeadLetter.from_json(staged))
+    )
     assert list(report.attempts) == expected
     assert report.dead_lettered_at == timestamp_to_proto(T0)
+    assert report.reason == "retries_exhausted" and report.final_attempt == 3
+
+
+def test_a_staged_dead_letter_reads_back_what_it_wrote() -> None:
+    staged = StagedDeadLetter(Reason.TIMEOUT, "JobTimeout", "too long", "tb", 2, "w-1")
+    data = staged.to_json() | {"dead_lettered_at": T0.isoformat()}
+    assert StagedDeadLetter.from_json(data) == StagedDeadLetter(
+        Reason.TIMEOUT, "JobTimeout", "too long", "tb", 2, "w-1", T0
+    )
+
+
+def test_the_worker_and_dlq_svc_share_one_report_and_one_reason_enum() -> None:
+    from dlq_svc import model
+
+    assert model.Reason is Reason and model.DeadLetterReport is DeadLetterReport
+    assert {r.value for r in Reason} == {
+        "retries_exhausted",
+        "permanent_error",
+        "worker_lost",
+        "timeout",
+    }

@@ -6,20 +6,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from relayq_core.deadletter import DeadLetterReport, Reason
 from relayq_core.jobs import AttemptRecord, JsonObject
 
-
-class Reason(StrEnum):
-    """Why a job was dead-lettered."""
-
-    RETRIES_EXHAUSTED = "retries_exhausted"
-    PERMANENT_ERROR = "permanent_error"
-    WORKER_LOST = "worker_lost"
+# One Reason enum and one report type for the worker and dlq-svc (relayq_core.deadletter).
+__all__ = ["DeadLetterReport", "Reason"]
 
 
 class Status(StrEnum):
@@ -47,27 +42,6 @@ class AuditRecord:
     actor: str
     reason: str = ""
     result: str = ""
-
-
-@dataclass(frozen=True)
-class DeadLetterReport:
-    """A dead-lettering as a worker reports it (validated)."""
-
-    job_id: str
-    idempotency_key: str
-    task: str
-    queue: str
-    payload: JsonObject
-    reason: Reason
-    error_type: str
-    error_message: str
-    traceback: str
-    attempts: Sequence[AttemptRecord]
-    trace_id: str
-    first_failed_at: datetime
-    dead_lettered_at: datetime
-    final_attempt: int
-    worker: str
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def _filter_flags(parser: argparse.ArgumentParser, now: datetime, *, status: boo
         dest="reason_filter",
         type=_text,
         metavar="REASON",
-        help="retries_exhausted, permanent_error or worker_lost",
+        help="retries_exhausted, permanent_error, worker_lost or timeout",
     )
     if status:
         group.add_argument(

@@ -23,7 +23,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AuditRecord(_message.Message):
-    """Why a job was dead-lettered: "retries_exhausted", "permanent_error" or "worker_lost".
+    """Why a job was dead-lettered: "retries_exhausted", "permanent_error", "worker_lost" (it kept
+    killing its worker) or "timeout" (its attempts kept running past their time limit).
     Status of an entry: "active", "replayed" or "dropped".
 
     One event in an entry's life.
