@@ -76,6 +76,13 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+#: A worker under test stops hung handlers and takes over dead workers' jobs in seconds.
+WORKER_TEST_LIMITS = {
+    "RELAYQ_WORKER_LEASE_SECONDS": "3",
+    "RELAYQ_WORKER_KILL_GRACE_SECONDS": "1",
+}
+
+
 def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     """The environment a relayq process gets in tests (no OTLP export, JSON logs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYQ_", "OTEL_"))}
@@ -221,6 +228,7 @@ def worker(
             RELAYQ_DLQ_GRPC=dlq_server.address,
             RELAYQ_WORKER_DLQ_RETRY_MAX_SECONDS="1",
             RELAYQ_WORKER_METRICS_PORT=str(worker_metrics_port),
+            **WORKER_TEST_LIMITS,
         ),
         inherit_env=False,
     )

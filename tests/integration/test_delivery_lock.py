@@ -4,7 +4,8 @@ A second delivery waits for the job's lock while the first records its success i
 ways the runner can: by one autocommit statement that also releases the lock, or in the
 handler's transaction followed by COMMIT and the unlock. In every case the waiting delivery must
 find the job finished (a duplicate) and never count a worker loss or run it again; a delivery
-cut off mid-run (its connection closed) must count one.
+cut off mid-run (its connection closed) must count one, but only once its lease has run out
+(until then its worker may still be running the job, cut off from the database).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from relayq_core.db.ledger import Claim, JobLedger, connect
+from relayq_core.db.ledger import Claim, JobLedger, NotYet, connect
 from relayq_core.jobs import AttemptRecord, JobSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -55,13 +56,14 @@ async def waiting_for_lock(observer: asyncpg.Connection, job_id: str) -> bool:
 async def second_delivery_while(
     conns: tuple[asyncpg.Connection, ...],
     finish: Callable[[asyncpg.Connection, str], Awaitable[None]],
-) -> tuple[str, Claim | None]:
+    lease_seconds: float = 30.0,
+) -> tuple[str, Claim | NotYet | None]:
     """Claims a job on conns[0], starts a second claim on conns[1], then runs ``finish`` on
     conns[0]; the second claim's outcome."""
     first, second, observer = conns
     job_id = await new_job(observer)
-    claim = await LEDGER.lock_and_claim(first, job_id)
-    assert claim is not None and claim.attempt == 1 and not claim.abandoned
+    claim = await LEDGER.lock_and_claim(first, job_id, lease_seconds=lease_seconds)
+    assert isinstance(claim, Claim) and claim.attempt == 1 and not claim.abandoned
     waiter = asyncio.create_task(LEDGER.lock_and_claim(second, job_id))
     for _ in range(200):
         if await waiting_for_lock(observer, job_id):
@@ -127,13 +129,21 @@ async def test_a_lock_released_before_the_commit_still_hides_nothing(
     assert await state_of(conns[2], job_id) == ("succeeded", 1, 0)
 
 
-async def test_a_delivery_whose_worker_died_is_a_worker_loss(
+async def test_a_delivery_whose_worker_died_is_a_worker_loss_once_its_lease_ran_out(
     conns: tuple[asyncpg.Connection, ...], database_url: str
 ) -> None:
     async def finish(conn: asyncpg.Connection, job_id: str) -> None:
         conn.terminate()  # as a SIGKILLed worker: no success, the session's lock goes with it
 
-    job_id, second = await second_delivery_while(conns, finish)
-    assert second is not None and second.abandoned and second.attempt == 2
-    assert second.worker_losses == 1
+    job_id, second = await second_delivery_while(conns, finish, lease_seconds=1.0)
+    # The lock is gone, the lease is not: the first worker may still be running the job.
+    assert isinstance(second, NotYet) and second.why == "lease_held"
+    assert 0 < second.seconds <= 1.0
+    assert await state_of(conns[2], job_id) == ("running", 1, 0)
+    await LEDGER.unlock_job(conns[1], job_id)
+    await asyncio.sleep(second.seconds + 0.05)
+    third = await LEDGER.lock_and_claim(conns[1], job_id)
+    await LEDGER.unlock_job(conns[1], job_id)
+    assert isinstance(third, Claim) and third.abandoned and third.attempt == 2
+    assert third.worker_losses == 1
     assert await state_of(conns[2], job_id) == ("running", 2, 1)

@@ -197,13 +197,15 @@ async def test_a_job_that_already_succeeded_is_skipped(dlq: Dlq) -> None:
     q = queue()
     job_id = f"job-{uuid.uuid4()}"
     await LEDGER.insert_jobs(dlq.pool, [JobSpec(job_id, job_id, "demo.echo", q, {})])
-    await LEDGER.complete(
-        dlq.pool,
-        job_id,
-        {"ok": True},
-        AttemptRecord(1, "w", datetime.now(UTC), 0.01, "succeeded"),
-        unlock=False,
-    )
+    async with dlq.pool.acquire() as conn:  # as a delivery does: claim, succeed, release
+        await LEDGER.lock_and_claim(conn, job_id)
+        await LEDGER.complete(
+            conn,
+            job_id,
+            {"ok": True},
+            AttemptRecord(1, "w", datetime.now(UTC), 0.01, "succeeded"),
+            unlock=True,
+        )
     await dlq.stub.ReportDeadLetter(report_request(job_id, queue=q))
 
     dry = await dlq.replay(ids=[job_id], dry_run=True)

@@ -26,13 +26,24 @@ def request(task: str, payload: dict[str, Any], **fields: str) -> ingest_pb2.Sub
     return ingest_pb2.SubmitJobRequest(task=task, payload=struct, **fields)
 
 
-async def charges_for(ingest: Ingest, keys: list[str]) -> int:
-    pool = ingest.jobs._pool  # read the effect table directly: that is what must hold once
-    return int(
-        await pool.fetchval(
-            "SELECT count(*) FROM demo_charges WHERE idempotency_key = ANY($1::text[])", keys
-        )
+async def journal_rows(ingest: Ingest, keys: list[str]) -> dict[str, int]:
+    """demo.transfer's journal rows per key (read directly: that is what must hold once; no
+    constraint in the table would stop a second row)."""
+    pool = ingest.jobs._pool
+    rows = await pool.fetch(
+        "SELECT idempotency_key, count(*) AS n FROM demo_transfers"
+        " WHERE idempotency_key = ANY($1::text[]) GROUP BY idempotency_key",
+        keys,
     )
+    return {r["idempotency_key"]: int(r["n"]) for r in rows}
+
+
+async def balances(ingest: Ingest, accounts: list[str]) -> dict[str, int]:
+    rows = await ingest.jobs._pool.fetch(
+        "SELECT account, balance_cents FROM demo_accounts WHERE account = ANY($1::text[])",
+        accounts,
+    )
+    return {r["account"]: int(r["balance_cents"]) for r in rows}
 
 
 async def wait_all_done(
@@ -132,22 +143,11 @@ async def test_a_batch_repeating_a_named_job_returns_the_first(
 
 async def test_same_message_to_two_worker_processes_applies_once(live_ingest: Ingest) -> None:
     key = f"double-{uuid.uuid4()}"
-    reply = await live_ingest.stub.SubmitJob(
-        request(
-            "demo.charge",
-            {"account": "acct-9", "amount_cents": 700, "hold_ms": 800},
-            idempotency_key=key,
-        )
-    )
+    payload = {"from": f"a-{key}", "to": f"b-{key}", "amount_cents": 700, "hold_ms": 800}
+    reply = await live_ingest.stub.SubmitJob(request("demo.transfer", payload, idempotency_key=key))
     # The same message again, at once: the test worker's second pool process takes it while the
-    # first is still inside the charge transaction.
-    spec = JobSpec(
-        reply.job_id,
-        key,
-        "demo.charge",
-        "default",
-        {"account": "acct-9", "amount_cents": 700, "hold_ms": 800},
-    )
+    # first is still inside the transfer's transaction.
+    spec = JobSpec(reply.job_id, key, "demo.transfer", "default", payload)
     await live_ingest.jobs._publisher.publish([spec])
     (job,) = await wait_all_done(live_ingest, [reply.job_id])
     deadline = time.monotonic() + 30
@@ -155,21 +155,25 @@ async def test_same_message_to_two_worker_processes_applies_once(live_ingest: In
         await asyncio.sleep(0.1)
         job = (await live_ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=reply.job_id))).job
     assert job.duplicate_deliveries == 1
-    assert await charges_for(live_ingest, [key]) == 1
+    assert await journal_rows(live_ingest, [key]) == {key: 1}
+    assert await balances(live_ingest, [f"a-{key}", f"b-{key}"]) == {
+        f"a-{key}": -700,
+        f"b-{key}": 700,
+    }
     assert [a.outcome for a in job.attempts].count("succeeded") == 1
     workers = {a.worker for a in job.attempts}
     assert all(w.startswith("test-worker@") for w in workers)
 
 
-async def test_1000_charges_submitted_twice_and_delivered_twice(live_ingest: Ingest) -> None:
+async def test_1000_transfers_submitted_twice_and_delivered_twice(live_ingest: Ingest) -> None:
     run = uuid.uuid4().hex[:8]
-    batch = [
-        request(
-            "demo.charge",
-            {"account": f"acct-{i % 7}", "amount_cents": 100 + i},
-            idempotency_key=f"bulk-{run}-{i}",
-        )
+    payloads: list[dict[str, Any]] = [
+        {"from": f"{run}-acct-{i % 7}", "to": f"{run}-sink-{i % 5}", "amount_cents": 100 + i}
         for i in range(1000)
+    ]
+    batch = [
+        request("demo.transfer", payload, idempotency_key=f"bulk-{run}-{i}")
+        for i, payload in enumerate(payloads)
     ]
     first = await live_ingest.stub.SubmitJobs(ingest_pb2.SubmitJobsRequest(jobs=batch))
     second = await live_ingest.stub.SubmitJobs(ingest_pb2.SubmitJobsRequest(jobs=batch))
@@ -180,19 +184,18 @@ async def test_1000_charges_submitted_twice_and_delivered_twice(live_ingest: Ing
     # Deliver every job a second time, on purpose.
     await live_ingest.jobs._publisher.publish(
         [
-            JobSpec(
-                r.job.job_id,
-                f"bulk-{run}-{i}",
-                "demo.charge",
-                "default",
-                {"account": f"acct-{i % 7}", "amount_cents": 100 + i},
-            )
+            JobSpec(r.job.job_id, f"bulk-{run}-{i}", "demo.transfer", "default", payloads[i])
             for i, r in enumerate(first.results)
         ]
     )
     jobs = await wait_all_done(live_ingest, ids, timeout=180)
     keys = [f"bulk-{run}-{i}" for i in range(1000)]
-    assert await charges_for(live_ingest, keys) == 1000
+    assert await journal_rows(live_ingest, keys) == {k: 1 for k in keys}
+    expected: dict[str, int] = {}
+    for p in payloads:
+        expected[p["from"]] = expected.get(p["from"], 0) - p["amount_cents"]
+        expected[p["to"]] = expected.get(p["to"], 0) + p["amount_cents"]
+    assert await balances(live_ingest, list(expected)) == expected
     deadline = time.monotonic() + 60
     while sum(j.duplicate_deliveries for j in jobs) < 1000 and time.monotonic() < deadline:
         await asyncio.sleep(0.5)

@@ -242,11 +242,16 @@ async def test_a_lost_retry_is_republished_with_its_failures(world: World) -> No
     died: the message left the list long ago and the retry is overdue."""
     (job,) = await world.submit(1, "demo.flaky")
     await world.consume(1, lose={job.job_id})
-    # Two failures with countdowns after a replayed run that ended in a terminal failure.
+    # Two failures with countdowns after a replayed run that ended in a terminal failure: the
+    # ledger counts the run's retry budget (failures = 2), and the republished message says so.
     for n, outcome, countdown in [(1, "failed", 0.5), (2, "failed", 0.0), (3, "failed", 1.0)]:
         await _attempt(world, job.job_id, n, outcome, countdown)
     await _attempt(world, job.job_id, 4, "failed", 2.0)
-    await _set(world, job.job_id, "state = 'retrying', next_attempt_at = now() + interval '1 h'")
+    await _set(
+        world,
+        job.job_id,
+        "state = 'retrying', failures = 2, next_attempt_at = now() + interval '1 h'",
+    )
     assert await turnover(world) == {}, "held by a worker until it is due"
     await _set(world, job.job_id, "next_attempt_at = now() - interval '5 s'")
     assert await turnover(world) == {Reason.RETRY_LOST: 1}

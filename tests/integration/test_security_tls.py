@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dlq_svc.config import DlqSettings
+from dlq_svc.convert import report_from_proto
 from dlq_svc.main import build_servicer, start
 from ingest_svc.auth import hash_key
 from relayq.v1 import dead_letter_pb2 as pb
@@ -113,9 +114,13 @@ async def test_dlq_serves_tls_to_clients_that_trust_its_certificate(
         address = f"localhost:{running.port}"
         trusted = ClientTls(server.cert)
         assert await health(address, trusted) == grpc.StatusCode.OK
-        # A real call, from the worker's own DLQ client (a blocking channel, as in a pool process)
+        # A real call, from the worker's own DLQ client
         request = report_request(task="tls.check")
-        duplicate = await asyncio.to_thread(DlqClient(address, 5.0, trusted).report, request)
+        client = DlqClient(address, 5.0, trusted)
+        try:
+            duplicate = await client.report(report_from_proto(request))
+        finally:
+            await client.close()
         assert duplicate is False
         async with aio_channel(address, trusted, NO_PROXY) as ch:
             stub = dead_letter_pb2_grpc.DeadLetterServiceStub(ch)

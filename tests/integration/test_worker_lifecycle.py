@@ -26,7 +26,7 @@ from relayq_devstack.health import celery_workers_ready
 from relayq_devstack.postgres import PostgresServer
 from relayq_devstack.process import ServiceProcess
 from relayq_devstack.redis import RedisServer, start_redis
-from tests.conftest import BIN, REPO, DlqServer, service_env
+from tests.conftest import BIN, REPO, WORKER_TEST_LIMITS, DlqServer, service_env
 from worker_svc.watchdog import EXIT_STALLED
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def start_node(
             RELAYQ_WORKER_NODE_NAME=f"{name}@%h",
             RELAYQ_RETRY_POLICY=str(REPO / "tests" / "data" / "retry-fast.toml"),
             RELAYQ_DLQ_GRPC=dlq.address,
-            **env,
+            **{**WORKER_TEST_LIMITS, **env},
         ),
         inherit_env=False,
     )

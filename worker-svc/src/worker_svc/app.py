@@ -1,6 +1,9 @@
 """The Celery application: Redis broker, ``acks_late``, JSON only, no result backend.
 
-Settings are read once here, when the worker process imports the app.
+Settings are read once per process (:func:`worker_svc.config.load`). The tasks
+(:mod:`worker_svc.tasks`) do not import this module: they are Celery shared tasks, which the
+app picks up when it imports them here, so the dependencies run one way only:
+app -> tasks -> execute -> runner.
 """
 
 from __future__ import annotations
@@ -10,16 +13,21 @@ from typing import Any
 from celery import Celery, signals
 
 from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config, transport_options
-from relayq_core.catalog import load_catalog
 from relayq_core.gctune import freeze_startup_heap
 from relayq_core.logging import configure_logging
-from relayq_core.retry import load_policies
 from relayq_core.telemetry import configure_tracing, shutdown_tracing
-from worker_svc.config import WorkerSettings
+from worker_svc import config, services
 
-settings = WorkerSettings()
-catalog = load_catalog(settings.catalog_path)
-policies = load_policies(settings.retry_policy_path)
+settings = config.load()
+catalog = services.catalog()
+policies = services.policies()
+
+
+def last_resort_time_limit(timeout_seconds: float) -> float:
+    """Celery's hard time limit for a task whose attempts may run ``timeout_seconds``: past the
+    lock wait, the time limit, the supervisor's grace and the time to record and hand off."""
+    return settings.lock_wait_seconds + timeout_seconds + settings.kill_grace_seconds + 60
+
 
 app = Celery("relayq-worker")
 app.conf.update(celery_config(settings.redis_url, catalog.default_queue))
@@ -29,11 +37,20 @@ app.conf.worker_prefetch_multiplier = settings.prefetch_multiplier
 # (worker_svc/transport.py).
 app.conf.broker_transport = "worker_svc.transport:Transport"
 app.conf.broker_transport_options = {**transport_options(), "ack_emulation": False}
-# relayq counts a job's failures itself (the retry policy, in the message); Celery's own limit
+# relayq counts a job's failures itself (the retry policy, in the ledger); Celery's own limit
 # (3 by default, even when retry() is given max_retries=None) must never cut a job short.
-app.conf.task_annotations = {"*": {"max_retries": None}}
-app.autodiscover_tasks(["worker_svc"], related_name="tasks", force=True)
-# Import the tasks now, so the registry is complete before the catalogue check at start-up.
+# Celery's hard time limit is the last resort behind relayq's own (the runner's cancellation,
+# then the supervisor, docs/retries.md): the pool's parent kills a child that a C extension
+# holds so tightly that neither could act. The job is then found abandoned (a worker loss).
+app.conf.task_annotations = {
+    "*": {"max_retries": None},
+    **{
+        name: {"time_limit": last_resort_time_limit(policies.for_task(name).timeout_seconds)}
+        for name in catalog.tasks
+    },
+}
+# The tasks register themselves with the app as shared tasks; importing them completes the
+# registry before the catalogue check at start-up.
 import worker_svc.tasks  # noqa: E402,F401
 
 
@@ -74,7 +91,8 @@ def _node_ready(**_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _flush_child(**_: Any) -> None:
-    """Spans still in the child's export batch leave with it."""
+    """Spans still in the child's export batch leave with it; its connections close."""
+    services.shutdown()
     shutdown_tracing()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pydantic import Field
@@ -53,3 +54,35 @@ class WorkerSettings(CommonSettings):
     task_events: bool = Field(
         False, description="Send per-task events (Flower's task views); costs consumer CPU"
     )
+    lease_seconds: float = Field(
+        15.0,
+        ge=3,
+        description="A running attempt's lease: renewed every third of it while its handler "
+        "runs; a worker cut off from the database for most of it stops the handler (cancelled, "
+        "or its process killed) before another delivery may take the job over "
+        "(docs/reliability.md)",
+    )
+    kill_grace_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A handler still running this long after its time limit (it ignored the "
+        "cancellation, or blocks the event loop) is stopped by killing its pool process",
+    )
+    http_timeout_seconds: float = Field(
+        10.0, gt=0, description="Handlers' HTTP client: the longest wait for each read or write"
+    )
+    http_connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="Handlers' HTTP client: the longest wait for a connection"
+    )
+    unsafe_skip_claim: bool = Field(
+        False,
+        description="TEST ONLY: run deliveries without the job's lock and claim, so duplicate "
+        "messages apply effects twice. It exists so that tests can prove the audits catch "
+        "that; never set it anywhere else",
+    )
+
+
+@functools.cache
+def load() -> WorkerSettings:
+    """This process's settings, read from the environment once."""
+    return WorkerSettings()

@@ -1,13 +1,14 @@
-"""The bridge every Celery task goes through: from a message to a settled delivery.
+"""The Celery adapter every task goes through: it only translates.
 
-Tasks stay one line long. This module binds the job's identity to the logs, runs the locked part
-of the delivery (:func:`worker_svc.runner.handle`) on the process's loop, and turns its decision
-into Celery's terms: ``self.retry(countdown=…)`` for a retry (workers never sleep), the DLQ
-hand-off for a dead letter, and a retry without spending an attempt when the database or dlq-svc
-is unreachable or another delivery holds the job.
+From a message to a :class:`~worker_svc.runner.Delivery`, run on the process's loop by
+:func:`worker_svc.runner.handle`; from its decision back to Celery: ``self.retry(countdown=…)``
+for a retry (workers never sleep), :func:`worker_svc.handoff.hand_off` for a dead letter, and a
+re-publish that spends no attempt when the job may not run now, the database is unreachable, or
+dlq-svc cannot take the dead letter yet. What it runs with comes from
+:func:`worker_svc.services.services`, built in the pool process on the first message.
 
-The message's kwargs carry ``failures`` (failed attempts so far in this run of the job) so a
-replay, which publishes a fresh message, gets the whole retry policy again.
+The retry budget a job has used lives in the ledger, not in the message, so a replay (a fresh
+message) and a republished retry both keep their place in the policy.
 """
 
 from __future__ import annotations
@@ -15,40 +16,29 @@ from __future__ import annotations
 import os
 from typing import Any, NoReturn
 
-import grpc
 from celery import Task
 
-from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
-from relayq_core.jobs import JobRecord
+from relayq_core.db.ledger import UNAVAILABLE_ERRORS
 from relayq_core.logging import get_logger, job_context
-from relayq_core.telemetry import current_trace_id
-from relayq_core.tls import client_tls
-from worker_svc.app import catalog, policies, settings
-from worker_svc.dlq_client import DlqClient, build_report
-from worker_svc.metrics import JOB_RUNS, observe_duration
+from worker_svc.handoff import DlqUnreachable, HandedOff, hand_off
 from worker_svc.runner import (
     DeadLetter,
-    Decision,
     Deferred,
     Delivery,
     Done,
     Handler,
     Interrupted,
-    Outcome,
     Retry,
-    RunResult,
     handle,
 )
-from worker_svc.runtime import Runtime
+from worker_svc.services import Services, services
 
 log = get_logger(__name__)
 
-runtime = Runtime(settings.database_url, settings.lock_wait_seconds)
-ledger = JobLedger()
-dlq = DlqClient(settings.dlq_grpc, settings.dlq_timeout_seconds, client_tls(settings))
-
 #: Delay before re-trying a delivery that could not reach Postgres.
 INFRA_RETRY_SECONDS = 2.0
+#: A delivery told "not before T" comes back this much after T (timers fire a little early).
+NOT_BEFORE_MARGIN_SECONDS = 0.05
 
 
 class RetryLater(Exception):
@@ -70,6 +60,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
         if not job_id or not isinstance(message.get("payload"), dict):
             log.error("job_message_malformed", keys=sorted(message))
             return None
+        svc = services()
         # Only the delivery that follows an interrupted attempt resumes it; retries of this
         # one must not carry the mark (a worker death then would not count as a loss).
         resuming = message.pop("resuming", None)
@@ -79,18 +70,20 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             idempotency_key=key,
             payload=message["payload"],
             worker=f"{task.request.hostname or 'worker'}:{os.getpid()}",
-            queue=str(message.get("queue") or catalog.default_queue),
+            queue=str(message.get("queue") or svc.catalog.default_queue),
             resuming=int(resuming) if isinstance(resuming, int) else None,
         )
-        policy = policies.for_task(task.name)
-        failures = int(message.get("failures", 0))
+        policy = svc.policies.for_task(task.name)
+        runtime = svc.runtime
         try:
-            decision, run = runtime.run(
-                handle(runtime, ledger, delivery, handler, policy, failures)
-            )
+            decision, _ = runtime.run(handle(runtime, svc.ledger, delivery, handler, policy))
         except Deferred as exc:
-            log.info("job_deferred", reason=str(exc), countdown=settings.defer_seconds)
-            _again(task, settings.defer_seconds, _resume(message, resuming), exc)
+            if exc.countdown is None:
+                countdown = svc.settings.defer_seconds
+            else:
+                countdown = exc.countdown + NOT_BEFORE_MARGIN_SECONDS
+            log.info("job_deferred", reason=str(exc), countdown=round(countdown, 3))
+            _again(task, countdown, _resume(message, resuming), exc)
         except Interrupted as exc:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database lost mid-attempt", attempt=exc.attempt)
@@ -99,19 +92,15 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)
             _again(task, INFRA_RETRY_SECONDS, _resume(message, resuming), exc)
-        count(delivery, message, decision, run)
         if isinstance(decision, Retry):
             log.info(
                 "job_retry_scheduled",
                 failures=decision.failures,
                 countdown=round(decision.countdown, 3),
             )
-            raise task.retry(
-                countdown=decision.countdown,
-                kwargs={**message, "failures": decision.failures},
-            )
+            raise task.retry(countdown=decision.countdown, kwargs=message)
         if isinstance(decision, DeadLetter):
-            hand_off(task, message, job_id)
+            _hand_off(task, svc, message, job_id)
             return None
         assert isinstance(decision, Done)
         return decision.result
@@ -122,80 +111,23 @@ def _resume(message: dict[str, Any], attempt: Any) -> dict[str, Any]:
     return message if attempt is None else {**message, "resuming": attempt}
 
 
-async def _staged(job_id: str) -> tuple[JobRecord, dict[str, Any]] | None:
-    """The job and its staged dead letter, or None when nothing is staged any more."""
-    conn = await runtime.connection()
-    job = await ledger.get_job(conn, job_id)
-    peek = await ledger.peek_state(conn, job_id)
-    if job is None or peek is None or peek.pending_dead_letter is None:
-        return None
-    return job, peek.pending_dead_letter
-
-
-async def _mark_dead_lettered(job_id: str) -> None:
-    await ledger.mark_dead_lettered(await runtime.connection(), job_id)
-
-
-async def _touch_dead_letter(job_id: str) -> None:
-    try:
-        await ledger.touch_staged_dead_letter(await runtime.connection(), job_id)
-    except UNAVAILABLE_ERRORS:
-        await runtime.discard_connection()  # the retry below goes ahead all the same
-
-
-def count(delivery: Delivery, message: dict[str, Any], decision: Decision, run: RunResult) -> None:
-    """Metrics for one delivery (low-cardinality labels only: task, queue, outcome)."""
-    labels = {"task": delivery.task, "queue": delivery.queue}
-    if run.worker_lost:
-        JOB_RUNS.labels(outcome="worker_lost", **labels).inc()
-    if run.ran:
-        observe_duration(delivery.task, delivery.queue, run.duration_seconds, current_trace_id())
-    if isinstance(decision, Retry):
-        outcome = "retried"
-    elif isinstance(decision, DeadLetter):
-        if decision.reason is None:
-            return  # a staged dead letter re-sent: counted when it was decided
-        outcome = "dead_lettered"
-    elif run.outcome is Outcome.DUPLICATE:
-        outcome = "duplicate"
-    elif run.outcome is Outcome.SUCCEEDED:
-        outcome = "succeeded"
-    else:
-        return
-    JOB_RUNS.labels(outcome=outcome, **labels).inc()
-
-
-def hand_off(task: Task, message: dict[str, Any], job_id: str) -> None:
-    """Stores the staged dead letter in dlq-svc, then marks the job dead-lettered.
-
-    The message is acknowledged only after dlq-svc has the row: while it is unreachable the
-    message comes back with a growing delay, and the staged report waits in the ledger.
-    """
+def _hand_off(task: Task, svc: Services, message: dict[str, Any], job_id: str) -> None:
+    """Hands the staged dead letter to dlq-svc; while it cannot take it, the message comes back
+    with a growing delay (acknowledged only once dlq-svc has the row)."""
     tries = int(message.get("dlq_report_tries", 0))
+    runtime = svc.runtime
+
+    async def go() -> HandedOff | None:
+        return await hand_off(await runtime.connection(), svc.ledger, svc.dlq, job_id)
+
     try:
-        staged = runtime.run(_staged(job_id))
-        if staged is None:
-            return  # another delivery finished the hand-off
-        job, report = staged
-        duplicate = dlq.report(build_report(job, report))
-        runtime.run(_mark_dead_lettered(job_id))
-    except grpc.RpcError as exc:
-        countdown = min(2.0 ** (tries + 1), settings.dlq_retry_max_seconds)
-        # The reconciler leaves a staged dead letter alone while workers keep touching it.
-        runtime.run(_touch_dead_letter(job_id))
+        runtime.run(go())
+    except DlqUnreachable as exc:
+        countdown = min(2.0 ** (tries + 1), svc.settings.dlq_retry_max_seconds)
         log.warning(
-            "dead_letter_report_failed",
-            code=exc.code().name,
-            tries=tries + 1,
-            countdown=countdown,
+            "dead_letter_report_failed", code=exc.code, tries=tries + 1, countdown=countdown
         )
         _again(task, countdown, {**message, "dlq_report_tries": tries + 1}, exc)
     except UNAVAILABLE_ERRORS as exc:
         runtime.run(runtime.discard_connection())
         _again(task, INFRA_RETRY_SECONDS, message, exc)
-    log.warning(
-        "job_dead_lettered",
-        reason=report["reason"],
-        attempts=job.attempt_count,
-        already_stored=duplicate,
-    )

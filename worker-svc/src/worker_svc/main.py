@@ -25,11 +25,11 @@ def _metrics_dir(configured: Path | None) -> Path:
 
 def main() -> None:
     """Starts ``celery worker`` for the catalogue's queues; refuses to start misconfigured."""
-    from worker_svc.config import WorkerSettings
+    from worker_svc import config
 
     # prometheus_client decides at import time whether values live in shared files: the
     # directory must be in the environment before any relayq module imports it.
-    metrics_dir = _metrics_dir(WorkerSettings().metrics_dir)
+    metrics_dir = _metrics_dir(config.load().metrics_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         from worker_svc.app import app, catalog, configuration_problems, settings
@@ -43,6 +43,12 @@ def main() -> None:
         redact_fields=settings.redact_field_names,
     )
     log = get_logger(__name__)
+    if settings.unsafe_skip_claim:
+        log.error(
+            "worker_unsafe_skip_claim",
+            detail="RELAYQ_WORKER_UNSAFE_SKIP_CLAIM is set: deliveries skip the job's lock and "
+            "claim, and duplicates apply effects twice. This exists for tests only.",
+        )
     problems = configuration_problems()
     if problems:
         for problem in problems:

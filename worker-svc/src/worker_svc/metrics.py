@@ -35,6 +35,18 @@ JOB_RUNS = Counter(
     "Deliveries of jobs by outcome: succeeded, retried, dead_lettered, duplicate, worker_lost",
     ["task", "queue", "outcome"],
 )
+JOB_TIMEOUTS = Counter(
+    "relayq_job_timeouts_total",
+    "Attempts that ran past their time limit: cancelled (kind=soft) or, ignoring that, "
+    "recorded by the supervisor and their process killed (kind=hard)",
+    ["task", "queue", "kind"],
+)
+ATTEMPTS_KILLED = Counter(
+    "relayq_worker_attempts_killed_total",
+    "Pool processes the supervisor killed to stop a handler: past its time limit "
+    "(reason=timeout) or its lease no longer renewable (reason=lease)",
+    ["task", "reason"],
+)
 JOB_DURATION = Histogram(
     DURATION,
     "Time a handler ran, per attempt (succeeded or failed)",

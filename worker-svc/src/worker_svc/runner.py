@@ -1,54 +1,88 @@
 """One delivery of a job: hold it, claim it, run the handler, record what happened.
 
-The protocol (docs/idempotency.md, docs/retries.md):
+The protocol (docs/idempotency.md, docs/reliability.md, docs/retries.md):
 
 1. ``lock_and_claim`` (one round trip): a PostgreSQL session lock on the job for the whole
    delivery, then the claim. A second delivery of the same job waits for the lock (at most
    ``lock_timeout``, then it is deferred); the lock vanishes with the connection when a worker
-   dies, so the wait ends exactly when the first delivery can no longer finish. The claim marks
-   the job running and counts the attempt. A finished job makes this delivery a duplicate; a
-   job found ``running`` was abandoned by a dead worker (a worker loss), and after
-   ``max_worker_losses`` of those it is dead-lettered as a poison job instead of run again.
-2. The handler runs; its first ``await ctx.db()`` begins a transaction, and success is recorded
-   in it: an effect written through that connection commits with the success, or not at all.
-   A handler that never calls ``ctx.db()`` has its success recorded by one statement that also
-   releases the lock (a job of that kind costs two round trips in all).
-3. A failure rolls that transaction back; :func:`settle` then records a retry or stages a dead
-   letter, still under the lock.
+   dies. The claim marks the job running, counts the attempt and leases the job to it. It may
+   instead say "not now": a retry whose time (by the database's clock) has not come, or a
+   running job nobody holds whose lease has not run out (its worker may still be running it,
+   cut off from the database); the delivery is then deferred. A finished job makes this
+   delivery a duplicate; a running job found unheld with its lease run out was abandoned by a
+   dead worker (a worker loss), and after ``max_worker_losses`` of those it is dead-lettered
+   as a poison job instead of run again.
+2. The handler runs under its time limit (``timeout_seconds`` of the task's policy), watched by
+   the process's supervisor (worker_svc/supervisor.py), which renews the lease and stops a
+   handler that ignores its time limit or outlives its lease. Its first ``await ctx.db()``
+   begins a transaction, and success is recorded in it: an effect written through that
+   connection commits with the success, or not at all. A handler that never calls ``ctx.db()``
+   has its success recorded by one statement that also releases the lock.
+3. A failure rolls that transaction back; :func:`settle` then records a retry (due by the
+   database's clock) or stages a dead letter, still under the lock. Only the attempt that owns
+   the job may record anything: the ledger refuses a success or failure from an attempt that
+   was superseded (``AttemptSuperseded``).
+
+A failure is classified by where it came from, never by its type alone. Whatever the handler
+raises is the handler's failure, retried under the policy unless it says it is permanent
+(including ``TimeoutError``, ``OSError`` and the errors of statements it runs through
+``ctx.db()``, such as a ``statement_timeout``). Only the loss of the delivery's own connection
+to the ledger interrupts an attempt without counting it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
-from relayq_core.db.ledger import UNAVAILABLE_ERRORS, Claim, JobLedger
+from relayq_core.db.ledger import (
+    UNAVAILABLE_ERRORS,
+    AttemptSuperseded,
+    Claim,
+    JobLedger,
+    NotYet,
+)
+from relayq_core.deadletter import Reason, StagedDeadLetter
 from relayq_core.errors import JobError
-from relayq_core.jobs import AttemptRecord, JobState
+from relayq_core.jobs import AttemptRecord
 from relayq_core.logging import get_logger
 from relayq_core.retry import RetryPolicy
+from relayq_core.telemetry import current_trace_id
 from worker_svc.context import JobContext, JsonObject
-from worker_svc.runtime import Runtime
+from worker_svc.metrics import JOB_RUNS, JOB_TIMEOUTS, observe_duration
+from worker_svc.runtime import Runtime, StopSwitch
+from worker_svc.supervisor import Watch
 
 log = get_logger(__name__)
 
 Handler = Callable[[JobContext, JsonObject], Awaitable[Any]]
 
-
-class Reason(StrEnum):
-    """Why a job is dead-lettered (the strings dlq-svc stores)."""
-
-    RETRIES_EXHAUSTED = "retries_exhausted"
-    PERMANENT_ERROR = "permanent_error"
-    WORKER_LOST = "worker_lost"
+__all__ = [
+    "DeadLetter",
+    "Decision",
+    "Deferred",
+    "Delivery",
+    "Done",
+    "Failure",
+    "Handler",
+    "Interrupted",
+    "Outcome",
+    "Reason",
+    "Retry",
+    "RunResult",
+    "decide",
+    "handle",
+    "settle",
+]
 
 
 class Outcome(StrEnum):
@@ -63,16 +97,30 @@ class Outcome(StrEnum):
 
 
 class Deferred(Exception):
-    """Another delivery of this job holds it longer than we wait; try this one again later."""
+    """This delivery may not run the job now; try it again later (not an attempt of the job).
+
+    ``countdown``: when (None: the worker's ``defer_seconds``)."""
+
+    def __init__(self, reason: str, countdown: float | None = None) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
 
 
 class Interrupted(Exception):
-    """The database went away after this delivery claimed ``attempt``: run it again later,
-    telling the next delivery it resumes that attempt (an outage is not a worker loss)."""
+    """The delivery's database connection went away after it claimed ``attempt``: run it again
+    later, telling the next delivery it resumes that attempt (an outage is not a worker loss)."""
 
     def __init__(self, attempt: int) -> None:
         super().__init__(f"the database connection was lost during attempt {attempt}")
         self.attempt = attempt
+
+
+class _Stopped(Exception):
+    """The handler was stopped from outside (its time limit, or the connection's loss)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -83,12 +131,33 @@ class Failure:
     message: str
     traceback: str
     retryable: bool
+    #: The failure asked for at least this long before the next attempt (HTTP Retry-After).
+    retry_after: float | None = None
+    #: The attempt ran past its time limit (recorded ``timed_out``).
+    timed_out: bool = False
 
     @classmethod
     def of(cls, exc: BaseException) -> Failure:
         """From a handler's exception: retryable unless it says otherwise."""
-        retryable = exc.retryable if isinstance(exc, JobError) else True
-        return cls(type(exc).__name__, str(exc)[:2000], traceback.format_exc()[-20000:], retryable)
+        retryable, retry_after = True, None
+        if isinstance(exc, JobError):
+            retryable, retry_after = exc.retryable, exc.retry_after
+        return cls(
+            type(exc).__name__,
+            str(exc)[:2000],
+            "".join(traceback.format_exception(exc))[-20000:],
+            retryable,
+            retry_after,
+        )
+
+    @classmethod
+    def time_limit(cls, limit: float, *, hard: bool) -> Failure:
+        """An attempt that ran past its time limit: cancelled, or (``hard``) its process killed
+        because it ignored the cancellation."""
+        message = f"the attempt was still running after its time limit ({limit:g} s)"
+        if hard:
+            message += "; it ignored the cancellation, so its process was killed"
+        return cls("JobTimeout", message, "", retryable=True, timed_out=True)
 
 
 @dataclass(frozen=True)
@@ -121,148 +190,6 @@ class Delivery:
     queue: str = "default"
     #: The attempt a database outage cut short, which this delivery takes over.
     resuming: int | None = None
-
-
-async def run_delivery(
-    runtime: Runtime,
-    ledger: JobLedger,
-    delivery: Delivery,
-    handler: Handler,
-    claim: Claim | None,
-    *,
-    max_worker_losses: int = 2,
-) -> RunResult:
-    """Runs one claimed delivery (``claim`` None: nothing to claim, see :func:`handle`).
-
-    Database outages propagate (the caller retries the delivery later).
-    """
-    conn = await runtime.connection()
-    if claim is None:
-        peek = await ledger.peek_state(conn, delivery.job_id)
-        if peek is None:
-            log.error("job_unknown", reason="no ledger row for this message; dropped")
-            return RunResult(Outcome.UNKNOWN_JOB)
-        if peek.pending_dead_letter is not None:
-            return RunResult(Outcome.REPORT_PENDING)
-        found = await ledger.record_duplicate(conn, delivery.job_id)
-        log.info("job_duplicate_delivery", state=peek.state.value)
-        return RunResult(Outcome.DUPLICATE, result=found[1] if found else peek.result)
-
-    try:
-        return await _run_claimed(runtime, ledger, delivery, handler, claim, max_worker_losses)
-    except Exception as exc:
-        if isinstance(exc, UNAVAILABLE_ERRORS) or conn.is_closed():
-            raise Interrupted(claim.attempt) from exc
-        raise
-
-
-async def _run_claimed(
-    runtime: Runtime,
-    ledger: JobLedger,
-    delivery: Delivery,
-    handler: Handler,
-    claim: Claim,
-    max_worker_losses: int,
-) -> RunResult:
-    """The part of a delivery after its claim (see :func:`run_delivery`)."""
-    conn = await runtime.connection()
-    started_at = datetime.now(UTC)
-    if claim.interrupted:
-        # The previous attempt lost its database connection: recorded, not counted as a loss.
-        await ledger.record_attempt(
-            conn,
-            delivery.job_id,
-            AttemptRecord(
-                claim.attempt - 1,
-                delivery.worker,
-                started_at,
-                0.0,
-                "interrupted",
-                "DatabaseUnavailable",
-                "the database connection was lost during this attempt",
-            ),
-        )
-        log.info("job_attempt_interrupted", attempt=claim.attempt - 1)
-    if claim.abandoned:
-        # The previous attempt's worker died mid-run: record that attempt as lost.
-        await ledger.record_attempt(
-            conn,
-            delivery.job_id,
-            AttemptRecord(
-                claim.attempt - 1,
-                "unknown",
-                started_at,
-                0.0,
-                "worker_lost",
-                "WorkerLost",
-                "the worker running this attempt died",
-            ),
-        )
-        log.warning("job_worker_lost", losses=claim.worker_losses, limit=max_worker_losses)
-        if claim.worker_losses >= max_worker_losses:
-            return RunResult(
-                Outcome.POISON,
-                worker_lost=True,
-                attempt=claim.attempt,
-                failure=Failure(
-                    "WorkerLost",
-                    f"the job's worker died {claim.worker_losses} times while running it",
-                    "",
-                    retryable=False,
-                ),
-                started_at=started_at,
-            )
-
-    t0 = time.perf_counter()
-    log.info("job_started", attempt=claim.attempt)
-    ctx = JobContext(delivery.job_id, delivery.idempotency_key, delivery.task, claim.attempt, conn)
-    try:
-        result = await handler(ctx, delivery.payload)
-        attempt = AttemptRecord(
-            claim.attempt, delivery.worker, started_at, time.perf_counter() - t0, "succeeded"
-        )
-        # With nothing of the handler's to commit alongside, one statement records the success
-        # and releases the job.
-        transaction = ctx.transaction
-        await ledger.complete(conn, delivery.job_id, result, attempt, unlock=transaction is None)
-        if transaction is not None:
-            await transaction.commit()
-    except Exception as exc:
-        if ctx.transaction is not None and not conn.is_closed() and conn.is_in_transaction():
-            await ctx.transaction.rollback()
-        if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
-            raise  # the database went away: not the handler's failure
-        duration = time.perf_counter() - t0
-        failure = Failure.of(exc)
-        log.warning(
-            "job_attempt_failed",
-            attempt=claim.attempt,
-            error_type=failure.error_type,
-            error=failure.message[:500],
-            retryable=failure.retryable,
-            duration_seconds=round(duration, 6),
-        )
-        return RunResult(
-            Outcome.FAILED,
-            attempt=claim.attempt,
-            failure=failure,
-            started_at=started_at,
-            duration_seconds=duration,
-            worker_lost=claim.abandoned,
-            ran=True,
-        )
-    duration = time.perf_counter() - t0
-    log.info("job_succeeded", attempt=claim.attempt, duration_seconds=round(duration, 6))
-    return RunResult(
-        Outcome.SUCCEEDED,
-        attempt=claim.attempt,
-        result=result,
-        started_at=started_at,
-        duration_seconds=duration,
-        worker_lost=claim.abandoned,
-        ran=True,
-        released=ctx.transaction is None,
-    )
 
 
 @dataclass(frozen=True)
@@ -303,71 +230,8 @@ def decide(run: RunResult, policy: RetryPolicy, failures_before: int) -> Decisio
         return DeadLetter(Reason.PERMANENT_ERROR)
     failures = failures_before + 1
     if failures > policy.max_retries:
-        return DeadLetter(Reason.RETRIES_EXHAUSTED)
-    return Retry(policy.countdown(failures), failures)
-
-
-async def settle(
-    runtime: Runtime,
-    ledger: JobLedger,
-    delivery: Delivery,
-    run: RunResult,
-    decision: Decision,
-) -> None:
-    """Records a failed delivery's consequence in the ledger (under the job's lock)."""
-    if run.failure is None or run.started_at is None:
-        return
-    conn = await runtime.connection()
-    failure = run.failure
-    summary = f"{failure.error_type}: {failure.message}"[:2000]
-    countdown = decision.countdown if isinstance(decision, Retry) else 0.0
-    async with conn.transaction():
-        if run.outcome is Outcome.FAILED:
-            await ledger.record_attempt(
-                conn,
-                delivery.job_id,
-                AttemptRecord(
-                    run.attempt,
-                    delivery.worker,
-                    run.started_at,
-                    run.duration_seconds,
-                    "failed",
-                    failure.error_type,
-                    failure.message,
-                    countdown,
-                ),
-            )
-        else:  # poison: this delivery did not run the job
-            await ledger.record_attempt(
-                conn,
-                delivery.job_id,
-                AttemptRecord(
-                    run.attempt,
-                    delivery.worker,
-                    run.started_at,
-                    0.0,
-                    "dead_lettered",
-                    failure.error_type,
-                    failure.message,
-                ),
-            )
-        if isinstance(decision, Retry):
-            next_at = datetime.now(UTC) + timedelta(seconds=countdown)
-            await ledger.fail(conn, delivery.job_id, JobState.RETRYING, summary, next_at)
-        elif isinstance(decision, DeadLetter) and decision.reason is not None:
-            report = {
-                "reason": decision.reason.value,
-                "error_type": failure.error_type,
-                "error_message": failure.message,
-                "traceback": failure.traceback,
-                "final_attempt": run.attempt,
-                "worker": delivery.worker,
-                "dead_lettered_at": datetime.now(UTC).isoformat(),
-            }
-            await ledger.fail(conn, delivery.job_id, JobState.RETRYING, summary, None)
-            await ledger.stage_dead_letter(
-                conn, delivery.job_id, report, f"dead-lettering ({decision.reason}): {summary}"
-            )
+        return DeadLetter(Reason.TIMEOUT if run.failure.timed_out else Reason.RETRIES_EXHAUSTED)
+    return Retry(policy.retry_countdown(failures, run.failure.retry_after), failures)
 
 
 async def handle(
@@ -376,38 +240,407 @@ async def handle(
     delivery: Delivery,
     handler: Handler,
     policy: RetryPolicy,
-    failures_before: int,
 ) -> tuple[Decision, RunResult]:
-    """The whole locked part of a delivery: lock and claim, run, decide, record, release."""
+    """The whole locked part of a delivery: lock and claim, run, decide, record, release.
+
+    Raises :class:`Deferred` (try later), :class:`Interrupted` (the connection was lost mid
+    attempt) or a database error (the ledger is unreachable).
+    """
     conn = await runtime.connection()
+    sent = time.monotonic()
     try:
-        claim = await ledger.lock_and_claim(conn, delivery.job_id, delivery.resuming)
-    except asyncpg.LockNotAvailableError as exc:
-        raise Deferred("another delivery of this job is running") from exc
-    except BaseException:
-        # The call may have taken the lock before failing: a session lock outlives a failed
-        # statement, and an unlock of a lock not held is harmless. The call's own error is the
-        # one to report, not the unlock's (a broken connection fails both).
+        claim = await ledger.lock_and_claim(
+            conn,
+            delivery.job_id,
+            delivery.resuming,
+            lease_seconds=runtime.limits.lease_seconds,
+            unsafe_skip_lock=runtime.limits.unsafe_skip_claim,
+        )
+    except BaseException as exc:
+        # The call may have taken the lock before failing: the job's row lock (FOR UPDATE)
+        # comes after the session lock, and a session lock outlives a failed statement. Left
+        # held, only this process could ever claim the job again. An unlock of a lock not held
+        # is harmless; the call's own error is the one to report.
         with contextlib.suppress(Exception):
             await _release(conn, ledger, delivery.job_id)
+        if isinstance(exc, asyncpg.LockNotAvailableError):
+            raise Deferred("another delivery of this job is running") from exc
         raise
+    attempt = _Attempt(runtime, ledger, delivery, policy)
     released = False
     try:
-        run = await run_delivery(
-            runtime, ledger, delivery, handler, claim, max_worker_losses=policy.max_worker_losses
-        )
+        if isinstance(claim, NotYet):
+            log.info("job_not_due", why=claim.why, seconds=round(claim.seconds, 3))
+            raise Deferred(claim.why, claim.seconds)
+        run = await _run(attempt, conn, handler, claim, sent)
         released = run.released
-        decision = decide(run, policy, failures_before)
+        decision = decide(run, policy, claim.failures if claim else 0)
         try:
-            await settle(runtime, ledger, delivery, run, decision)
+            await settle(conn, ledger, delivery, run, decision)
         except UNAVAILABLE_ERRORS as exc:
             if run.attempt:
                 raise Interrupted(run.attempt) from exc
             raise
+        except AttemptSuperseded as exc:
+            raise _superseded(run.attempt) from exc
+        count(delivery, decision, run)
         return decision, run
     finally:
+        attempt.end()
         if not released:
             await _release(conn, ledger, delivery.job_id)
+
+
+def _superseded(number: int) -> Deferred:
+    # The supervisor recorded this attempt as timed out (and is killing this process), or its
+    # lease ran out and another attempt owns the job: nothing of this one may be recorded. The
+    # message comes back later; its claim then sees what the job's owner decided.
+    log.warning("job_attempt_superseded", attempt=number)
+    return Deferred("the attempt no longer owns the job")
+
+
+async def _run(
+    attempt: _Attempt,
+    conn: asyncpg.Connection,
+    handler: Handler,
+    claim: Claim | None,
+    sent: float,
+) -> RunResult:
+    """The delivery after its claim (``claim`` None: nothing to claim)."""
+    ledger, delivery = attempt.ledger, attempt.delivery
+    if claim is None:
+        peek = await ledger.peek_state(conn, delivery.job_id)
+        if peek is None:
+            log.error("job_unknown", reason="no ledger row for this message; dropped")
+            return RunResult(Outcome.UNKNOWN_JOB)
+        if peek.pending_dead_letter is not None:
+            return RunResult(Outcome.REPORT_PENDING)
+        found = await ledger.record_duplicate(conn, delivery.job_id)
+        log.info("job_duplicate_delivery", state=peek.state.value)
+        return RunResult(Outcome.DUPLICATE, result=found[1] if found else peek.result)
+    try:
+        return await _run_claimed(attempt, conn, handler, claim, sent)
+    except (Interrupted, _Stopped):
+        raise
+    except Exception as exc:
+        # A ledger call of this delivery failed (a handler's failure never gets here).
+        if isinstance(exc, UNAVAILABLE_ERRORS) or conn.is_closed():
+            raise Interrupted(claim.attempt) from exc
+        raise
+
+
+async def _run_claimed(
+    attempt: _Attempt,
+    conn: asyncpg.Connection,
+    handler: Handler,
+    claim: Claim,
+    sent: float,
+) -> RunResult:
+    ledger, delivery, policy = attempt.ledger, attempt.delivery, attempt.policy
+    started_at = claim.started_at
+    assert started_at is not None
+    if claim.interrupted:
+        # The previous attempt lost its database connection: recorded, not counted as a loss.
+        await ledger.record_attempt(
+            conn,
+            delivery.job_id,
+            AttemptRecord(
+                claim.attempt - 1,
+                delivery.worker,
+                started_at,
+                0.0,
+                "interrupted",
+                "DatabaseUnavailable",
+                "the database connection was lost during this attempt",
+            ),
+        )
+        log.info("job_attempt_interrupted", attempt=claim.attempt - 1)
+    if claim.abandoned:
+        # The previous attempt's worker died mid-run: record that attempt as lost.
+        await ledger.record_attempt(
+            conn,
+            delivery.job_id,
+            AttemptRecord(
+                claim.attempt - 1,
+                "unknown",
+                started_at,
+                0.0,
+                "worker_lost",
+                "WorkerLost",
+                "the worker running this attempt died",
+            ),
+        )
+        limit = policy.max_worker_losses
+        log.warning("job_worker_lost", losses=claim.worker_losses, limit=limit)
+        if claim.worker_losses >= limit:
+            return RunResult(
+                Outcome.POISON,
+                worker_lost=True,
+                attempt=claim.attempt,
+                failure=Failure(
+                    "WorkerLost",
+                    f"the job's worker died {claim.worker_losses} times while running it",
+                    "",
+                    retryable=False,
+                ),
+                started_at=started_at,
+            )
+
+    log.info("job_started", attempt=claim.attempt)
+    runtime = attempt.runtime
+    ctx = JobContext(
+        delivery.job_id,
+        delivery.idempotency_key,
+        delivery.task,
+        claim.attempt,
+        conn,
+        runtime.http,
+    )
+    base = RunResult(
+        Outcome.FAILED,
+        attempt=claim.attempt,
+        started_at=started_at,
+        worker_lost=claim.abandoned,
+        ran=True,
+    )
+    t0 = time.perf_counter()
+    attempt.begin(conn, claim, sent, t0)
+    try:
+        result = await _call(handler, ctx, delivery.payload, policy.timeout_seconds, attempt.stop)
+    except _Stopped as stopped:
+        attempt.handler_returned()
+        await _rollback(ctx, conn)
+        if stopped.reason != "timeout":  # the connection (and with it the job's lock) is gone
+            raise Interrupted(claim.attempt) from None
+        JOB_TIMEOUTS.labels(task=delivery.task, queue=delivery.queue, kind="soft").inc()
+        return _failed(base, Failure.time_limit(policy.timeout_seconds, hard=False), t0)
+    except Exception as exc:
+        attempt.handler_returned()
+        await _rollback(ctx, conn)
+        if conn.is_closed():
+            # The delivery's own connection died under the handler: whatever the handler made
+            # of that, the attempt cannot be recorded here (the next delivery resumes it).
+            raise Interrupted(claim.attempt) from exc
+        return _failed(base, Failure.of(exc), t0)
+    attempt.handler_returned()
+    duration = time.perf_counter() - t0
+    record = AttemptRecord(claim.attempt, delivery.worker, started_at, duration, "succeeded")
+    # With nothing of the handler's to commit alongside, one statement records the success
+    # and releases the job.
+    transaction = ctx.transaction
+    try:
+        await ledger.complete(conn, delivery.job_id, result, record, unlock=transaction is None)
+        if transaction is not None:
+            await transaction.commit()
+    except AttemptSuperseded as exc:
+        await _rollback(ctx, conn)
+        raise _superseded(claim.attempt) from exc
+    except Exception as exc:
+        await _rollback(ctx, conn)
+        if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
+            raise Interrupted(claim.attempt) from exc
+        # The handler's transaction could not commit (a serialization failure, a deferred
+        # constraint, a statement it left failed): its failure.
+        return _failed(base, Failure.of(exc), t0)
+    log.info("job_succeeded", attempt=claim.attempt, duration_seconds=round(duration, 6))
+    return replace(
+        base,
+        outcome=Outcome.SUCCEEDED,
+        result=result,
+        duration_seconds=duration,
+        released=transaction is None,
+    )
+
+
+def _failed(base: RunResult, failure: Failure, t0: float) -> RunResult:
+    duration = time.perf_counter() - t0
+    log.warning(
+        "job_attempt_failed",
+        attempt=base.attempt,
+        error_type=failure.error_type,
+        error=failure.message[:500],
+        retryable=failure.retryable,
+        timed_out=failure.timed_out,
+        duration_seconds=round(duration, 6),
+    )
+    return replace(base, failure=failure, duration_seconds=duration)
+
+
+async def _call(
+    handler: Handler, ctx: JobContext, payload: JsonObject, limit: float, stop: StopSwitch
+) -> Any:
+    """The handler under its time limit; :class:`_Stopped` when the limit or ``stop`` ended it.
+
+    A ``TimeoutError`` of the handler's own (its HTTP client's, its own ``asyncio.timeout``) is
+    the handler's failure, told apart by whether *this* timeout expired.
+    """
+    timeout = asyncio.timeout(limit)
+    stop.attach(timeout)
+    try:
+        async with timeout:
+            return await handler(ctx, payload)
+    except TimeoutError:
+        if timeout.expired():
+            raise _Stopped(stop.reason or "timeout") from None
+        raise
+    finally:
+        stop.attach(None)
+
+
+async def _rollback(ctx: JobContext, conn: asyncpg.Connection) -> None:
+    """Rolls the handler's transaction back, if it began one and the connection still lives."""
+    transaction = ctx.transaction
+    if transaction is None or conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await transaction.rollback()
+    except asyncpg.InterfaceError:
+        pass  # already finished by asyncpg (a cancelled statement); nothing left to undo
+
+
+class _Attempt:
+    """One delivery's running attempt: its stop switch and the supervisor's watch on it."""
+
+    def __init__(
+        self, runtime: Runtime, ledger: JobLedger, delivery: Delivery, policy: RetryPolicy
+    ) -> None:
+        self.runtime = runtime
+        self.ledger = ledger
+        self.delivery = delivery
+        self.policy = policy
+        self.stop = StopSwitch()
+        self._watch: Watch | None = None
+
+    def begin(self, conn: asyncpg.Connection, claim: Claim, sent: float, t0: float) -> None:
+        """The handler is about to run: the connection's loss stops it, the supervisor watches."""
+        self.runtime.attempt = self.stop
+        if self.runtime.limits.unsafe_skip_claim:
+            return  # no lock held: nothing for a lease to prove
+        loop = asyncio.get_running_loop()
+        stop = self.stop
+
+        def stop_from_thread(reason: str) -> None:
+            loop.call_soon_threadsafe(stop.request, reason)
+
+        delivery, policy, ledger = self.delivery, self.policy, self.ledger
+
+        async def record_timeout(db: asyncpg.Connection) -> bool:
+            run = RunResult(
+                Outcome.FAILED,
+                attempt=claim.attempt,
+                failure=Failure.time_limit(policy.timeout_seconds, hard=True),
+                started_at=claim.started_at,
+                duration_seconds=time.perf_counter() - t0,
+                worker_lost=claim.abandoned,
+                ran=True,
+            )
+            decision = decide(run, policy, claim.failures)
+            try:
+                await settle(db, ledger, delivery, run, decision)
+            except AttemptSuperseded:
+                return False
+            JOB_TIMEOUTS.labels(task=delivery.task, queue=delivery.queue, kind="hard").inc()
+            count(delivery, decision, run)
+            return True
+
+        self._watch = Watch(
+            job_id=delivery.job_id,
+            idempotency_key=delivery.idempotency_key,
+            task=delivery.task,
+            attempt=claim.attempt,
+            holder_pid=conn.get_server_pid(),
+            lease_sent=sent,
+            started=time.monotonic(),
+            timeout=policy.timeout_seconds,
+            stop=stop_from_thread,
+            record_timeout=record_timeout,
+        )
+        self.runtime.supervisor(ledger).begin(self._watch)
+
+    def handler_returned(self) -> None:
+        """Nothing left to stop (the lease is still renewed until the outcome is recorded)."""
+        if self._watch is not None:
+            self._watch.handler_done = True
+        self.runtime.attempt = None
+
+    def end(self) -> None:
+        """The delivery is over."""
+        self.runtime.attempt = None
+        if self._watch is not None:
+            self.runtime.supervisor(self.ledger).end(self._watch)
+            self._watch = None
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    ledger: JobLedger,
+    delivery: Delivery,
+    run: RunResult,
+    decision: Decision,
+) -> None:
+    """Records a failed delivery's consequence in the ledger (under the job's lock, or from the
+    supervisor while the attempt still owns the job); nothing for other outcomes."""
+    if run.failure is None or run.started_at is None:
+        return
+    failure = run.failure
+    summary = f"{failure.error_type}: {failure.message}"[:2000]
+    if run.outcome is Outcome.FAILED:
+        outcome, counted = ("timed_out" if failure.timed_out else "failed"), True
+    else:  # poison: this delivery did not run the job
+        outcome, counted = "dead_lettered", False
+    record = AttemptRecord(
+        run.attempt,
+        delivery.worker,
+        run.started_at,
+        run.duration_seconds,
+        outcome,
+        failure.error_type,
+        failure.message,
+        decision.countdown if isinstance(decision, Retry) else 0.0,
+    )
+    if isinstance(decision, Retry):
+        await ledger.settle_failure(
+            conn, delivery.job_id, record, error=summary, counted=counted, dead_letter=None
+        )
+    elif isinstance(decision, DeadLetter) and decision.reason is not None:
+        staged = StagedDeadLetter(
+            reason=decision.reason,
+            error_type=failure.error_type,
+            error_message=failure.message,
+            traceback=failure.traceback,
+            final_attempt=run.attempt,
+            worker=delivery.worker,
+        )
+        await ledger.settle_failure(
+            conn,
+            delivery.job_id,
+            record,
+            error=f"dead-lettering ({decision.reason.value}): {summary}"[:2000],
+            counted=counted,
+            dead_letter=staged,
+        )
+
+
+def count(delivery: Delivery, decision: Decision, run: RunResult) -> None:
+    """Metrics for one delivery (low-cardinality labels only: task, queue, outcome)."""
+    labels = {"task": delivery.task, "queue": delivery.queue}
+    if run.worker_lost:
+        JOB_RUNS.labels(outcome="worker_lost", **labels).inc()
+    if run.ran:
+        observe_duration(delivery.task, delivery.queue, run.duration_seconds, current_trace_id())
+    if isinstance(decision, Retry):
+        outcome = "retried"
+    elif isinstance(decision, DeadLetter):
+        if decision.reason is None:
+            return  # a staged dead letter re-sent: counted when it was decided
+        outcome = "dead_lettered"
+    elif run.outcome is Outcome.DUPLICATE:
+        outcome = "duplicate"
+    elif run.outcome is Outcome.SUCCEEDED:
+        outcome = "succeeded"
+    else:
+        return
+    JOB_RUNS.labels(outcome=outcome, **labels).inc()
 
 
 async def _release(conn: asyncpg.Connection, ledger: JobLedger, job_id: str) -> None:

@@ -79,11 +79,20 @@ class JobError(Exception):
     Raised by handlers. Whether another attempt can help is data on the error (``retryable``),
     not a subclass: bad input or a business rule is ``retryable=False`` and dead-letters at once;
     anything else (including any unexpected exception) is retried under the task's policy.
+    ``retry_after`` (seconds) asks for at least that long before the next attempt (an HTTP
+    ``Retry-After``), capped by the policy's ``max_delay_seconds``.
     """
 
-    def __init__(self, message: str | None = None, *, retryable: bool = True) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
         self.retryable = retryable
+        self.retry_after = retry_after
 
     @classmethod
     def permanent(cls, message: str) -> JobError:

@@ -33,6 +33,10 @@ class RetryPolicy:
     jitter: float = 0.2
     #: Deliveries whose worker died mid-run before the job is dead-lettered as a poison job.
     max_worker_losses: int = 2
+    #: An attempt still running after this long is cancelled and recorded ``timed_out`` (a
+    #: retryable failure; the job is dead-lettered with reason ``timeout`` when the last one
+    #: was); one that ignores the cancellation is stopped hard (docs/retries.md).
+    timeout_seconds: float = 300.0
 
     def nominal_delay(self, retry: int) -> float:
         """The un-jittered wait before retry ``retry`` (1-based)."""
@@ -54,6 +58,16 @@ class RetryPolicy:
         """The longest wait any retry can get (for the broker's visibility timeout)."""
         return self.max_delay_seconds * (1 + self.jitter)
 
+    def retry_countdown(
+        self, retry: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        """The wait before retry ``retry``: the jittered backoff, or longer when the failure
+        asked for more (an HTTP ``Retry-After``), up to ``max_delay_seconds``."""
+        countdown = self.countdown(retry, rng)
+        if retry_after is not None and retry_after > 0:
+            countdown = max(countdown, min(retry_after, self.max_delay_seconds))
+        return countdown
+
 
 @dataclass(frozen=True)
 class RetryPolicies:
@@ -66,6 +80,10 @@ class RetryPolicies:
     def for_task(self, task: str) -> RetryPolicy:
         """The policy of ``task`` (its override, or the default)."""
         return self.tasks.get(task, self.default)
+
+    def longest_timeout(self) -> float:
+        """The longest time limit of any policy."""
+        return max(p.timeout_seconds for p in (self.default, *self.tasks.values()))
 
     def longest_countdown(self) -> float:
         """The longest wait of any policy."""
@@ -101,6 +119,7 @@ def _policy(base: RetryPolicy, table: Any, path: Path, key: str) -> RetryPolicy:
         (0 <= policy.max_retries <= 100, "max_retries must be 0..100"),
         (0 <= policy.jitter < 1, "jitter must be in [0, 1)"),
         (1 <= policy.max_worker_losses <= 100, "max_worker_losses must be 1..100"),
+        (0 < policy.timeout_seconds <= 86400, "timeout_seconds must be in (0, 86400]"),
     ]
     for ok, problem in problems:
         if not ok:

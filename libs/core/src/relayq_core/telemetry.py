@@ -44,9 +44,13 @@ def configure_tracing(
 
         GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
     if grpc_client:
-        from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+        from opentelemetry.instrumentation.grpc import (
+            GrpcAioInstrumentorClient,
+            GrpcInstrumentorClient,
+        )
 
         GrpcInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
+        GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
     if celery:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import os
 import signal
+import threading
+import time
 from typing import Any
+
+import httpx
 
 from relayq_core.errors import JobError
 from worker_svc.context import JobContext, JsonObject
@@ -60,6 +66,144 @@ async def charge(ctx: JobContext, payload: JsonObject) -> Any:
     if not inserted:
         return {"charged": amount, "account": account, "already_charged": True}
     return {"charged": amount, "account": account}
+
+
+def _int(
+    payload: JsonObject, name: str, low: int, high: int, task: str, default: Any = None
+) -> int:
+    value = payload.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise JobError.permanent(f"{task} needs payload.{name}, an integer {low}..{high}")
+    return value
+
+
+def _account(payload: JsonObject, name: str) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise JobError.permanent(f"demo.transfer needs payload.{name}, a string of 1-64 characters")
+    return value
+
+
+async def transfer(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.transfer``: moves ``amount_cents`` from one account to another, with a journal row.
+
+    Not idempotent by itself: both balances change and the journal (``demo_transfers``, no
+    unique constraint on the key) grows by one row on every run. Everything goes through
+    ``ctx.db()``, the transaction that also records the job's success, so exactly once is the
+    delivery protocol's doing alone, and a double application would show as a wrong balance and
+    two journal rows. Accounts are made at 0 on first use. ``hold_ms`` (optional) keeps the
+    transaction open that long, so tests can kill a worker between the effect and the commit.
+    """
+    source, target = _account(payload, "from"), _account(payload, "to")
+    if source == target:
+        raise JobError.permanent("demo.transfer needs two different accounts")
+    amount = _int(payload, "amount_cents", 1, 10**9, "demo.transfer")
+    hold_ms = _int(payload, "hold_ms", 0, 10_000, "demo.transfer", default=0)
+    db = await ctx.db()
+    accounts = sorted((source, target))
+    await db.execute(
+        "INSERT INTO demo_accounts (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        accounts,
+    )
+    # Both rows locked in one order, so transfers in opposite directions never deadlock.
+    await db.execute(
+        "SELECT 1 FROM demo_accounts WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
+        accounts,
+    )
+    await db.execute(
+        "UPDATE demo_accounts SET balance_cents = balance_cents"
+        " + CASE WHEN account = $2 THEN $3::bigint ELSE -$3::bigint END"
+        " WHERE account = ANY(ARRAY[$1, $2])",
+        source,
+        target,
+        amount,
+    )
+    await db.execute(
+        "INSERT INTO demo_transfers (job_id, idempotency_key, from_account, to_account,"
+        " amount_cents) VALUES ($1, $2, $3, $4, $5)",
+        ctx.job_id,
+        ctx.idempotency_key,
+        source,
+        target,
+        amount,
+    )
+    if hold_ms:
+        await db.execute("SELECT pg_sleep($1)", hold_ms / 1000)
+    return {"from": source, "to": target, "amount_cents": amount}
+
+
+class WebhookRejected(JobError):
+    """The webhook's receiver answered with a status that is not a success."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP ``Retry-After`` (seconds, or an HTTP date) as seconds from now; None if absent or
+    unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+async def webhook(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.webhook``: POSTs ``payload.body`` (any JSON; ``{}`` when absent) to
+    ``payload.url``, with the job's key in an ``Idempotency-Key`` header.
+
+    A real outbound effect: it is applied at least once, and each retry carries the same key,
+    so a receiver that honours the header applies it once (docs/idempotency.md). A 2xx answer
+    succeeds. Timeouts, refused or dropped connections (the HTTP client's errors, raised as
+    they are), 408, 429 (its ``Retry-After`` honoured within the policy's longest delay) and
+    5xx are retried; any other answer (4xx, a redirect) fails permanently.
+    """
+    url = payload.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+        raise JobError.permanent("demo.webhook needs payload.url, an http(s) URL")
+    try:
+        target = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise JobError.permanent(f"demo.webhook: payload.url is not a valid URL ({exc})") from None
+    body = payload.get("body", {})
+    response = await ctx.http().post(
+        target, json=body, headers={"Idempotency-Key": ctx.idempotency_key}
+    )
+    status = response.status_code
+    if 200 <= status < 300:
+        return {"status": status}
+    excerpt = response.text[:200]
+    message = f"POST {url} answered {status} {response.reason_phrase}: {excerpt}".rstrip(": ")
+    retryable = status in (408, 429) or status >= 500
+    raise WebhookRejected(
+        message,
+        retryable=retryable,
+        retry_after=retry_after_seconds(response.headers.get("retry-after")) if retryable else None,
+    )
+
+
+async def hang(ctx: JobContext, payload: JsonObject) -> Any:
+    """``demo.hang``: never returns, as a handler stuck on a call that never answers.
+
+    ``mode``: ``async`` (waits forever, but lets itself be cancelled: its time limit ends it),
+    ``blocking`` (blocks the event loop, as synchronous I/O in a handler does: only killing its
+    process ends it) or ``stubborn`` (swallows every cancellation: the same).
+    """
+    mode = payload.get("mode", "async")
+    if mode == "async":
+        await asyncio.Event().wait()
+    elif mode == "blocking":
+        threading.Event().wait()
+    elif mode == "stubborn":
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                continue
+    raise JobError.permanent("demo.hang needs payload.mode: async, blocking or stubborn")
 
 
 async def flaky(ctx: JobContext, payload: JsonObject) -> Any:

@@ -7,8 +7,9 @@ transaction: the worker runs a handler's effect and :meth:`JobLedger.complete` i
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from relayq_core.db.queries import SQL_DIR, load_queries
+from relayq_core.deadletter import StagedDeadLetter
 from relayq_core.jobs import AttemptRecord, JobRecord, JobSpec, JobState
 
 _Q = load_queries(SQL_DIR / "ledger.sql")
@@ -91,12 +93,36 @@ async def connect(dsn: str) -> asyncpg.Connection:
 @dataclass(frozen=True)
 class Claim:
     """A started attempt: its number, and whether an earlier delivery died holding the job
-    (``abandoned``) or lost its database connection mid-attempt (``interrupted``)."""
+    (``abandoned``) or lost its database connection mid-attempt (``interrupted``).
+
+    ``failures``: the retry budget the job's run has used so far; ``started_at``: when the
+    attempt started, by the database's clock.
+    """
 
     attempt: int
     worker_losses: int
     abandoned: bool
     interrupted: bool = False
+    failures: int = 0
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """The job may not run now; ask again in ``seconds``. ``why``: ``retry_not_due`` (a retry
+    whose time has not come: a duplicate or early message) or ``lease_held`` (a running attempt
+    nobody holds the lock of, whose worker may still be running it until its lease runs out)."""
+
+    seconds: float
+    why: str
+
+
+class AttemptSuperseded(Exception):
+    """This attempt no longer owns its job (its worker's supervisor recorded it as timed out, or
+    its lease ran out and another attempt took over): nothing of it may be recorded."""
+
+    #: The SQLSTATE the ledger's functions raise (migration 0008).
+    SQLSTATE = "RQ001"
 
 
 @dataclass(frozen=True)
@@ -105,7 +131,7 @@ class Peek:
 
     state: JobState
     result: Any
-    pending_dead_letter: dict[str, Any] | None
+    pending_dead_letter: StagedDeadLetter | None
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,17 @@ def _attempt(row: asyncpg.Record) -> AttemptRecord:
         error_message=row["error_message"],
         countdown_seconds=row["countdown_seconds"],
     )
+
+
+@contextlib.contextmanager
+def _superseded() -> Iterator[None]:
+    """Turns the ledger's RQ001 into :class:`AttemptSuperseded`."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == AttemptSuperseded.SQLSTATE:
+            raise AttemptSuperseded(str(exc)) from exc
+        raise
 
 
 class JobLedger:
@@ -263,25 +300,50 @@ class JobLedger:
         await db.execute(_Q["unlock_job"], job_id)
 
     async def lock_and_claim(
-        self, db: Executor, job_id: str, resuming: int | None = None
-    ) -> Claim | None:
-        """Holds the job for this session (:meth:`lock_job`) and starts an attempt; None when the
-        job is finished, awaiting its DLQ report, or unknown (the lock is held all the same).
+        self,
+        db: Executor,
+        job_id: str,
+        resuming: int | None = None,
+        *,
+        lease_seconds: float = 15.0,
+        unsafe_skip_lock: bool = False,
+    ) -> Claim | NotYet | None:
+        """Holds the job for this session (:meth:`lock_job`) and starts an attempt leased for
+        ``lease_seconds``; :class:`NotYet` when it may not run now; None when the job is
+        finished, awaiting its DLQ report, or unknown. The lock is held in every case.
 
-        Waits at most ``lock_timeout`` for another delivery (``LockNotAvailableError``, and
-        then the lock is not held). ``resuming``: the attempt this delivery continues after a
-        database outage cut it short (not a worker loss).
+        Waits at most ``lock_timeout`` for another delivery or for the job's row
+        (``LockNotAvailableError``; the lock may be held by then: release it). ``resuming``:
+        the attempt this delivery continues after a database outage cut it short (not a worker
+        loss). ``unsafe_skip_lock``: tests only (see ``claim_unsafely`` in ledger.sql).
         """
-        row = await db.fetchrow(_Q["lock_and_claim"], job_id, resuming)
+        query = _Q["claim_unsafely"] if unsafe_skip_lock else _Q["lock_and_claim"]
+        args = (job_id, lease_seconds) if unsafe_skip_lock else (job_id, resuming, lease_seconds)
+        row = await db.fetchrow(query, *args)
         if row is None:
             return None
+        if row["attempt"] is None:
+            return NotYet(
+                float(row["wait_seconds"]),
+                "retry_not_due" if row["prev_state"] == JobState.RETRYING.value else "lease_held",
+            )
         interrupted = bool(row["interrupted"])
         return Claim(
             attempt=int(row["attempt"]),
             worker_losses=int(row["losses"]),
             abandoned=row["prev_state"] == JobState.RUNNING.value and not interrupted,
             interrupted=interrupted,
+            failures=int(row["failures"]),
+            started_at=row["started_at"],
         )
+
+    async def renew_lease(
+        self, db: Executor, job_id: str, attempt: int, lease_seconds: float, holder_pid: int
+    ) -> bool:
+        """Extends attempt ``attempt``'s lease while the session ``holder_pid`` still holds the
+        job's lock; False when it does not (or the attempt is over)."""
+        row = await db.fetchrow(_Q["renew_lease"], job_id, attempt, lease_seconds, holder_pid)
+        return row is not None
 
     async def record_duplicate(self, db: Executor, job_id: str) -> tuple[JobState, Any] | None:
         """Counts a delivery that found the job finished; its state and stored result."""
@@ -298,13 +360,12 @@ class JobLedger:
         row = await db.fetchrow(_Q["peek_state"], job_id)
         if row is None:
             return None
-        return Peek(JobState(row["state"]), row["result"], row["pending_dead_letter"])
-
-    async def stage_dead_letter(
-        self, db: Executor, job_id: str, report: dict[str, Any], error: str
-    ) -> None:
-        """Keeps a decided dead-lettering until dlq-svc has stored it."""
-        await db.execute(_Q["stage_dead_letter"], job_id, report, error)
+        staged = row["pending_dead_letter"]
+        return Peek(
+            JobState(row["state"]),
+            row["result"],
+            None if staged is None else StagedDeadLetter.from_json(staged),
+        )
 
     async def mark_dead_lettered(self, db: Executor, job_id: str) -> None:
         """dlq-svc has the dead letter: the job is dead-lettered now."""
@@ -314,17 +375,54 @@ class JobLedger:
         self, db: Executor, job_id: str, result: Any, attempt: AttemptRecord, *, unlock: bool
     ) -> None:
         """Records success, the handler's result and the succeeding attempt; ``unlock`` also
-        releases :meth:`lock_job` (only outside a transaction: see ledger.sql)."""
-        await db.execute(
-            _Q["complete"],
-            job_id,
-            result,
-            attempt.number,
-            attempt.worker,
-            attempt.started_at,
-            attempt.duration_seconds,
-            unlock,
-        )
+        releases :meth:`lock_job` (only outside a transaction: see ledger.sql). Raises
+        :class:`AttemptSuperseded` when the attempt no longer owns the job."""
+        with _superseded():
+            await db.execute(
+                _Q["complete"],
+                job_id,
+                result,
+                attempt.number,
+                attempt.worker,
+                attempt.started_at,
+                attempt.duration_seconds,
+                unlock,
+            )
+
+    async def settle_failure(
+        self,
+        db: Executor,
+        job_id: str,
+        attempt: AttemptRecord,
+        *,
+        error: str,
+        counted: bool,
+        dead_letter: StagedDeadLetter | None,
+    ) -> datetime | None:
+        """Records a failed attempt and what follows it: a retry after
+        ``attempt.countdown_seconds`` by the database's clock (its time is returned), or, with
+        ``dead_letter``, the dead letter staged until dlq-svc has it (None). ``counted``: the
+        attempt used the retry budget. Raises :class:`AttemptSuperseded` when the attempt no
+        longer owns the job."""
+        with _superseded():
+            row = await db.fetchrow(
+                _Q["settle_failure"],
+                job_id,
+                attempt.number,
+                attempt.outcome,
+                attempt.worker,
+                attempt.started_at,
+                attempt.duration_seconds,
+                attempt.error_type,
+                attempt.error_message,
+                attempt.countdown_seconds,
+                None if dead_letter is None else dead_letter.to_json(),
+                error,
+                counted,
+            )
+        assert row is not None
+        due: datetime | None = row["due"]
+        return due
 
     async def fail(
         self,

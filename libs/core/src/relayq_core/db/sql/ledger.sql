@@ -50,11 +50,45 @@ SELECT pg_advisory_lock(hashtextextended($1, 0));
 SELECT pg_advisory_unlock(hashtextextended($1, 0));
 
 -- name: lock_and_claim
--- A delivery holds the job (lock_job) and starts an attempt, in one round trip: see
--- relayq_lock_and_claim (migration 0006) for why the claim must follow the lock inside a
--- function. No row: the job is finished, waiting for its dead letter to be stored, or unknown
--- (the lock is held all the same).
-SELECT attempt, losses, prev_state, interrupted FROM relayq_lock_and_claim($1, $2::int);
+-- A delivery holds the job (lock_job) and starts an attempt with a lease of $3 seconds, in one
+-- round trip: see relayq_lock_and_claim (migrations 0006 and 0008) for why the claim must follow
+-- the lock inside a function. No row: the job is finished, waiting for its dead letter to be
+-- stored, or unknown; wait_seconds > 0: not now (a retry not yet due, or another attempt's lease
+-- still running). The lock is held all the same.
+SELECT attempt, losses, prev_state, interrupted, failures, started_at, wait_seconds
+FROM relayq_lock_and_claim($1, $2::int, $3::float8);
+
+-- name: claim_unsafely
+-- TEST ONLY (RELAYQ_WORKER_UNSAFE_SKIP_CLAIM): starts an attempt without the job's lock and
+-- without asking whether the job already finished, so that a duplicate delivery runs the job
+-- again. It exists to prove that the audits catch double applications (tests/); no production
+-- path uses it.
+UPDATE relayq_jobs
+SET state = 'running', attempt_count = attempt_count + 1, updated_at = now(),
+    next_attempt_at = NULL, lease_until = now() + make_interval(secs => $2)
+WHERE job_id = $1
+RETURNING attempt_count AS attempt, worker_losses AS losses, 'queued' AS prev_state,
+    false AS interrupted, failures, now() AS started_at, 0::float8 AS wait_seconds;
+
+-- name: renew_lease
+-- The running attempt $2 of job $1 extends its lease to $3 seconds from now, only while the
+-- session $4 (the delivery's own connection) still holds the job's lock: a lock lost with that
+-- connection (a PostgreSQL restart, a partition) ends the lease too. No row: not renewed.
+UPDATE relayq_jobs SET lease_until = clock_timestamp() + make_interval(secs => $3)
+WHERE job_id = $1 AND state = 'running' AND attempt_count = $2
+  AND EXISTS (
+      SELECT 1 FROM pg_locks l
+      WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $4 AND l.objsubid = 1
+        AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  )
+RETURNING lease_until;
+
+-- name: settle_failure
+-- A failed attempt and the retry or staged dead letter that follows it (see
+-- relayq_settle_failure, migration 0008); raises RQ001 when the attempt no longer owns the job.
+SELECT relayq_settle_failure($1, $2, $3, $4, $5, $6, $7, $8, $9::float8, $10::jsonb, $11, $12)
+    AS due;
 
 -- name: record_duplicate
 -- A delivery of a job that is already finished: counted, nothing else changes.
@@ -75,12 +109,6 @@ WHERE job_id IN (
 -- name: peek_state
 SELECT state, attempt_count, result, pending_dead_letter FROM relayq_jobs WHERE job_id = $1;
 
--- name: stage_dead_letter
--- The worker decided to dead-letter the job; dlq-svc has not stored it yet.
-UPDATE relayq_jobs
-SET pending_dead_letter = $2, last_error = $3, next_attempt_at = NULL, updated_at = now()
-WHERE job_id = $1;
-
 -- name: mark_dead_lettered
 -- dlq-svc stored the dead letter: now, and only now, the job is dead-lettered.
 UPDATE relayq_jobs
@@ -88,12 +116,14 @@ SET state = 'dead_lettered', pending_dead_letter = NULL, finished_at = now(), up
 WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
 
 -- name: complete
--- Success and its attempt in one round trip; $7 also releases the job's lock (only from a
--- statement that commits on its own: see relayq_complete, migration 0006).
+-- Success and its attempt in one round trip, only from the attempt that owns the job (else
+-- RQ001); $7 also releases the job's lock (only from a statement that commits on its own: see
+-- relayq_complete, migrations 0006 and 0008).
 SELECT relayq_complete($1, $2::jsonb, $3, $4, $5, $6, $7);
 
 -- name: fail
--- $2 is 'retrying' (with $4 the next attempt's time) or 'dead_lettered'.
+-- $2 is 'retrying' (with $4 the next attempt's time) or 'dead_lettered'. (Tests and tools; a
+-- worker records a failed attempt with settle_failure.)
 UPDATE relayq_jobs
 SET state = $2, last_error = $3, next_attempt_at = $4, updated_at = now(),
     finished_at = CASE WHEN $2 = 'dead_lettered' THEN now() ELSE NULL END
@@ -114,7 +144,8 @@ SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
 -- idempotency key. A job that meanwhile succeeded is left alone (and not returned).
 UPDATE relayq_jobs
 SET state = 'queued', enqueued_at = NULL, next_attempt_at = NULL, finished_at = NULL,
-    worker_losses = 0, pending_dead_letter = NULL, updated_at = now()
+    worker_losses = 0, failures = 0, lease_until = NULL, pending_dead_letter = NULL,
+    updated_at = now()
 WHERE job_id = ANY($1::text[]) AND state IN ('dead_lettered', 'queued')
 RETURNING job_id, idempotency_key, task, queue, payload, trace_id;
 
@@ -136,8 +167,7 @@ WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
 -- is re-published once per incident, and the caller publishes inside the same transaction: a
 -- publish that fails rolls the claim back and the next cycle tries again. Rows a worker holds
 -- (SKIP LOCKED) are being run right now, not lost. "failures" is how many retries the job's
--- current run has used (failed attempts with a countdown since its last terminal attempt), so
--- a re-published retry keeps its place in the retry policy. "Before $2" conditions take the
+-- current run has used (the ledger keeps it; the message's copy is informational). "Before $2" conditions take the
 -- moment at or after which the queue was seen consumed past every message it then held.
 
 -- name: reconcile_now
@@ -175,19 +205,13 @@ WITH picked AS (
 UPDATE relayq_jobs j SET next_attempt_at = now(), enqueued_at = now(), updated_at = now()
 FROM picked
 WHERE j.job_id = picked.job_id
-RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id,
-    (SELECT count(*) FROM relayq_job_attempts a
-     WHERE a.job_id = j.job_id AND a.outcome = 'failed' AND a.countdown_seconds > 0
-       AND a.number > coalesce((SELECT max(t.number) FROM relayq_job_attempts t
-                                WHERE t.job_id = j.job_id
-                                  AND (t.outcome = 'dead_lettered'
-                                       OR (t.outcome = 'failed' AND t.countdown_seconds = 0))),
-                               0))::int AS failures;
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, j.failures;
 
 -- name: unheld_running
 -- Jobs "running" for more than $1 seconds whose delivery no longer holds the job's session
 -- lock (lock_job): a live delivery always holds it, from before its claim until its outcome is
--- recorded, so their worker died (or lost its database connection). At most $2.
+-- recorded, so their worker died (or lost its database connection), and whose lease has run out
+-- (a worker cut off from the database stops its handler before then). At most $2.
 WITH held AS (
     SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
     FROM pg_locks l
@@ -196,6 +220,7 @@ WITH held AS (
 )
 SELECT job_id, queue FROM relayq_jobs
 WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
+  AND (lease_until IS NULL OR lease_until < now())
   AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
 ORDER BY updated_at
 LIMIT $2;
@@ -211,6 +236,7 @@ WITH held AS (
 ), picked AS (
     SELECT job_id FROM relayq_jobs
     WHERE job_id = ANY($1::text[]) AND state = 'running' AND updated_at < $2
+      AND (lease_until IS NULL OR lease_until < now())
       AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
     ORDER BY updated_at
     LIMIT $3
@@ -219,14 +245,7 @@ WITH held AS (
 UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
 FROM picked
 WHERE j.job_id = picked.job_id
-RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id,
-    (SELECT count(*) FROM relayq_job_attempts a
-     WHERE a.job_id = j.job_id AND a.outcome = 'failed' AND a.countdown_seconds > 0
-       AND a.number > coalesce((SELECT max(t.number) FROM relayq_job_attempts t
-                                WHERE t.job_id = j.job_id
-                                  AND (t.outcome = 'dead_lettered'
-                                       OR (t.outcome = 'failed' AND t.countdown_seconds = 0))),
-                               0))::int AS failures;
+RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, j.failures;
 
 -- name: requeue_stalled_dead_letters
 -- Staged dead letters of queue $1 last touched before $2 and more than $3 seconds ago (workers
