@@ -80,6 +80,7 @@ def redis_url(redis_server: RedisServer) -> str:
 WORKER_TEST_LIMITS = {
     "RELAYQ_WORKER_LEASE_SECONDS": "3",
     "RELAYQ_WORKER_KILL_GRACE_SECONDS": "1",
+    "RELAYQ_WORKER_HTTP_TIMEOUT_SECONDS": "1",
 }
 
 
