@@ -1,5 +1,12 @@
 """The chaos run's final audit: the ledger, the effects, the DLQ and the metrics, compared.
 
+The effects it counts on can show a double application: ``demo.transfer`` keeps a journal with
+no unique key and balances that must equal what the succeeded transfers moved, and the
+webhook receiver counts every request per key and the time each was in flight
+(:func:`audit_webhooks`). ``demo.charge`` (whose table has the key as primary key) is checked
+too, but proves nothing by itself. ``tests/chaos/test_chaos.py`` runs this audit once against a
+deliberately broken worker and expects it to report the double applications.
+
 What "agree" means for the metrics, precisely. Each worker delivery increments
 ``relayq_job_runs_total{outcome}`` once, right *after* the PostgreSQL commit that records the
 same outcome in the ledger. So, per outcome, the fleet's counter M and the ledger's count L
@@ -14,7 +21,8 @@ they would have served.
 The ledger's side of each outcome:
 
 - ``succeeded``: attempts recorded ``succeeded`` (one per succeeded job);
-- ``retried``: attempts recorded ``failed`` with a countdown (a retry was scheduled);
+- ``retried``: attempts recorded ``failed`` or ``timed_out`` with a countdown (a retry was
+  scheduled);
 - ``dead_lettered``: jobs dead-lettered (each staged exactly once);
 - ``duplicate``: the sum of ``duplicate_deliveries``;
 - ``worker_lost``: attempts recorded ``worker_lost``.
@@ -36,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc
 from tests.chaos.load import JobPlan, LoadReport
+from tests.support.http_receiver import Receiver
 
 OUTCOMES = ("succeeded", "retried", "dead_lettered", "duplicate", "worker_lost")
 TERMINAL = ("succeeded", "dead_lettered")
@@ -100,6 +109,20 @@ async def non_terminal(database_url: str, keys: list[str]) -> int:
     return len(keys) - int(finished)
 
 
+async def states(database_url: str, keys: list[str]) -> dict[str, str]:
+    """The ledger's state of each of these jobs, by key."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT idempotency_key, state FROM relayq_jobs"
+            " WHERE idempotency_key = ANY($1::text[])",
+            keys,
+        )
+    finally:
+        await conn.close()
+    return {r["idempotency_key"]: r["state"] for r in rows}
+
+
 async def audit_ledger(
     audit: Audit,
     database_url: str,
@@ -132,9 +155,21 @@ async def audit_ledger(
             " count(*) FILTER (WHERE error_type = 'UniqueViolationError') AS blocked"
             " FROM relayq_job_attempts GROUP BY job_id"
         )
+        journal = await conn.fetch(
+            "SELECT idempotency_key, count(*) AS n FROM demo_transfers GROUP BY idempotency_key"
+        )
+        accounts = sorted(
+            {j.payload["from"] for j in jobs if j.task == "demo.transfer"}
+            | {j.payload["to"] for j in jobs if j.task == "demo.transfer"}
+        )
+        balances = await conn.fetch(
+            "SELECT account, balance_cents FROM demo_accounts WHERE account = ANY($1::text[])",
+            accounts,
+        )
         attempts = await conn.fetchrow(
             "SELECT count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,"
-            " count(*) FILTER (WHERE outcome = 'failed' AND countdown_seconds > 0) AS retried,"
+            " count(*) FILTER (WHERE outcome IN ('failed', 'timed_out')"
+            " AND countdown_seconds > 0) AS retried,"
             " count(*) FILTER (WHERE outcome = 'worker_lost') AS worker_lost,"
             " count(*) FILTER (WHERE outcome = 'interrupted') AS interrupted"
             " FROM relayq_job_attempts"
@@ -183,14 +218,38 @@ async def audit_ledger(
     runs = {r["job_id"]: r for r in per_job}
     not_once = [j for j in succeeded_ids if runs.get(j) is None or runs[j]["succeeded"] != 1]
     blocked = sum(int(r["blocked"]) for r in per_job)
+    # demo.transfer: one journal row per succeeded transfer, none for any other, and balances
+    # equal to what the succeeded transfers moved.
+    journaled = {r["idempotency_key"]: int(r["n"]) for r in journal}
+    transfers = [j for j in jobs if j.task == "demo.transfer"]
+    done = [j for j in transfers if j.key in ledger and ledger[j.key]["state"] == "succeeded"]
+    transferred_twice = [k for k, n in journaled.items() if n > 1]
+    not_transferred = [j.key for j in done if j.key not in journaled]
+    done_keys = {j.key for j in done}
+    transferred_unfinished = [
+        j.key for j in transfers if j.key in journaled and j.key not in done_keys
+    ]
+    expected: Counter[str] = Counter({a: 0 for a in accounts})
+    for j in done:
+        expected[j.payload["from"]] -= j.payload["amount_cents"]
+        expected[j.payload["to"]] += j.payload["amount_cents"]
+    actual = {r["account"]: int(r["balance_cents"]) for r in balances}
+    wrong_balance = sorted(a for a in accounts if actual.get(a, 0) != expected[a])
     audit.figures |= {
         "lost": len(lost),
         "unacknowledged": len(unacknowledged),
         "stuck": len(stuck),
         "wrong_outcome": len(wrong),
         "poisoned_by_kills": len(poisoned),
-        "applied_twice": len(applied_twice) + len(not_once) + blocked,
+        "applied_twice": len(applied_twice) + len(not_once) + blocked + len(transferred_twice),
         "charges": len(charged),
+        "transfers": {
+            "succeeded": len(done),
+            "journal_rows": sum(journaled.values()),
+            "accounts": len(accounts),
+            "balance_total": sum(actual.values()),
+            "wrong_balances": len(wrong_balance),
+        },
         "states": dict(Counter(r["state"] for r in rows)),
         "worker_losses": total_losses,
         "duplicate_deliveries": sum(int(r["duplicate_deliveries"]) for r in rows),
@@ -213,6 +272,23 @@ async def audit_ledger(
     audit.check(blocked == 0, f"{blocked} second charges stopped only by the primary key")
     audit.check(not not_applied, f"succeeded charges without their row: {not_applied[:5]}")
     audit.check(not wrong_amount, f"charges with the wrong amount: {wrong_amount[:5]}")
+    audit.check(
+        not transferred_twice,
+        f"transferred more than once (journal rows per key): "
+        f"{[(k, journaled[k]) for k in transferred_twice[:5]]}",
+    )
+    audit.check(
+        not not_transferred, f"succeeded transfers without their row: {not_transferred[:5]}"
+    )
+    audit.check(
+        not transferred_unfinished,
+        f"transfers journaled for jobs that did not succeed: {transferred_unfinished[:5]}",
+    )
+    audit.check(
+        not wrong_balance,
+        "balances differ from what the succeeded transfers moved: "
+        f"{[(a, actual.get(a, 0), expected[a]) for a in wrong_balance[:5]]}",
+    )
     return Counter(
         succeeded=int(attempts["succeeded"]),
         retried=int(attempts["retried"]),
@@ -308,3 +384,49 @@ def audit_metrics(
             f"relayq_job_runs_total{{outcome={outcome}}} is {fleet[outcome]}, the ledger says "
             f"{ledger[outcome]} (slack {slack})",
         )
+
+
+def audit_webhooks(
+    audit: Audit, receiver: Receiver, jobs: list[JobPlan], states: dict[str, str]
+) -> None:
+    """Every webhook job reached the receiver, always with its own key, and a succeeded one was
+    answered 2xx at least once; no two requests of one key were ever in flight at once (two
+    attempts of one job running together); nothing arrived that no job sent.
+
+    ``states``: the ledger's state of each job, by key.
+    """
+    hooks = {j.key: j for j in jobs if j.task == "demo.webhook"}
+    requests = receiver.requests()
+    by_key: dict[str, list[Any]] = {}
+    for r in requests:
+        by_key.setdefault(r.key, []).append(r)
+    strangers = sorted(set(by_key) - set(hooks))
+    never = [k for k in hooks if k not in by_key]
+    wrong_key = [
+        r.key for r in requests if not isinstance(r.body, dict) or r.body.get("key") != r.key
+    ]
+    unanswered = [
+        k
+        for k in hooks
+        if states.get(k) == "succeeded"
+        and not any(r.outcome == "answered" and r.status == 200 for r in by_key.get(k, []))
+    ]
+    overlaps = receiver.overlaps()
+    audit.figures["webhooks"] = {
+        "jobs": len(hooks),
+        "requests": len(requests),
+        "most_requests_for_one_key": max((len(v) for v in by_key.values()), default=0),
+        "by_outcome": dict(Counter(r.outcome for r in requests)),
+        "overlapping_pairs": len(overlaps),
+    }
+    audit.check(not strangers, f"the receiver got requests no job sent: {strangers[:5]}")
+    audit.check(not never, f"webhook jobs that never reached the receiver: {never[:5]}")
+    audit.check(
+        not wrong_key, f"requests whose Idempotency-Key is not their job's: {wrong_key[:5]}"
+    )
+    audit.check(not unanswered, f"succeeded webhooks never answered 2xx: {unanswered[:5]}")
+    audit.check(
+        not overlaps,
+        "two attempts of one job in flight at once: "
+        f"{[(a.key, a.started, a.ended, b.started, b.ended) for a, b in overlaps[:3]]}",
+    )

@@ -44,26 +44,55 @@ class JobPlan:
     reason: str = ""
 
 
-def plan(run_id: str, jobs: int, seed: int, hold_ms: int = 0) -> list[JobPlan]:
-    """The mix: 40 % demo.charge, 30 % demo.echo, 20 % demo.flaky, 10 % demo.fail.
+#: What a webhook job's receiver does to its first requests (each fault costs one retry; the
+#: fast policy allows 4). "delay:3" outlasts the workers' 1 s HTTP timeout.
+WEBHOOK_FAULTS: list[list[str]] = [[], [], ["503"], ["500", "429:1"], ["delay:3"], ["close"]]
 
-    A charge holds its transaction open for up to ``hold_ms`` (random), so that SIGKILLs land
-    in the middle of charges, between the effect and the commit.
+
+def account(run_id: str, n: int) -> str:
+    """A demo.transfer account of this run (its balance is this run's doing alone)."""
+    return f"chaos-{run_id}-acct-{n:02d}"
+
+
+def plan(
+    run_id: str, jobs: int, seed: int, hold_ms: int = 0, webhook_url: str = ""
+) -> list[JobPlan]:
+    """The mix: 30 % demo.transfer, 10 % demo.charge, 20 % demo.echo, 10 % demo.webhook (echo
+    when there is no receiver), 20 % demo.flaky, 10 % demo.fail.
+
+    A transfer or charge holds its transaction open for up to ``hold_ms`` (random), so that
+    SIGKILLs land in the middle of them, between the effect and the commit. A webhook's body
+    tells the receiver which faults to answer its first requests with.
     """
     rng = random.Random(seed)
     out = []
     for i in range(jobs):
         key = f"chaos-{run_id}-{i:06d}"
         roll = i % 10
-        if roll < 4:
+        if roll < 3:
+            source = rng.randrange(23)
+            target = (source + 1 + rng.randrange(22)) % 23
             payload: dict[str, Any] = {
+                "from": account(run_id, source),
+                "to": account(run_id, target),
+                "amount_cents": 100 + i,
+                "hold_ms": rng.randint(0, hold_ms),
+            }
+            out.append(JobPlan(key, "demo.transfer", payload, "succeeded"))
+        elif roll < 4:
+            payload = {
                 "account": f"acct-{i % 97}",
                 "amount_cents": 100 + i,
                 "hold_ms": rng.randint(0, hold_ms),
             }
             out.append(JobPlan(key, "demo.charge", payload, "succeeded"))
-        elif roll < 7:
+        elif roll < 6 or (roll == 6 and not webhook_url):
             out.append(JobPlan(key, "demo.echo", {"i": i, "run": run_id}, "succeeded"))
+        elif roll == 6:
+            body = {"key": key, "faults": rng.choice(WEBHOOK_FAULTS)}
+            out.append(
+                JobPlan(key, "demo.webhook", {"url": webhook_url, "body": body}, "succeeded")
+            )
         elif roll < 9:
             fail_times = rng.randint(1, 3)  # the fast policy allows 4 retries
             out.append(JobPlan(key, "demo.flaky", {"fail_times": fail_times}, "succeeded"))

@@ -11,6 +11,10 @@ REDIS_DATA_LOSS = "redis_data_loss"  # restart without persistence: connections 
 POSTGRES_RESTART = "postgres_restart"  # fast shutdown, start again
 DLQ_DOWN = "dlq_down"  # dlq-svc SIGKILLed, back after dlq_down_seconds
 INGEST_KILL = "ingest_kill"  # ingest-svc SIGKILLed mid-load, back after a moment
+DUPLICATES = "duplicate_messages"  # copies of accepted jobs' messages, as a broker may deliver
+
+#: No periodic kill of this kind in a run.
+NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class ChaosSize:
     faults: tuple[tuple[float, str], ...]
     #: After the load, how long every job may take to end.
     drain_timeout: float
+    #: The DUPLICATES fault re-publishes this share of the jobs accepted so far.
+    duplicate_share: float = 0.2
 
 
 CI = ChaosSize(
@@ -56,6 +62,7 @@ CI = ChaosSize(
     faults=(
         (0.10, REDIS_RESTART),
         (0.20, DLQ_DOWN),
+        (0.45, DUPLICATES),
         (0.58, POSTGRES_RESTART),
         (0.72, REDIS_DATA_LOSS),
         (0.86, INGEST_KILL),
@@ -80,11 +87,33 @@ FULL = ChaosSize(
         (0.10, REDIS_RESTART),
         (0.22, POSTGRES_RESTART),
         (0.32, DLQ_DOWN),
+        (0.45, DUPLICATES),
         (0.55, REDIS_FLUSHALL),
         (0.68, INGEST_KILL),
         (0.80, REDIS_DATA_LOSS),
     ),
     drain_timeout=900,
+)
+
+#: The audit's own check (test_chaos.py): a small load whose accepted jobs are all delivered a
+#: second time, on one node, with no other fault. Run against a worker that skips the claim,
+#: the audit must report the double applications.
+AUDIT = ChaosSize(
+    name="audit",
+    jobs=100,
+    submit_seconds=6,
+    batch=10,
+    senders=2,
+    workers=1,
+    concurrency=2,
+    pool_kill_every=NEVER,
+    node_kill_every=NEVER,
+    dlq_down_seconds=0,
+    hold_ms=0,
+    kill_batch=0,
+    faults=((0.9, DUPLICATES),),
+    drain_timeout=90,
+    duplicate_share=1.0,
 )
 
 SIZES = {size.name: size for size in (CI, FULL)}

@@ -10,6 +10,7 @@ counts of a node killed as a whole can still be read afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 import psutil
 import structlog
 
+from relayq_core.jobs import JobSpec
+from relayq_core.publish import Publisher
 from relayq_core.settings import repo_root
 from relayq_devstack.config import DEFAULT_PORTS, StackConfig
 from relayq_devstack.health import grpc_healthy, http_ok
@@ -44,6 +47,9 @@ WORKER_ENV = {
     "RELAYQ_WORKER_DEFER_SECONDS": "1",
     "RELAYQ_WORKER_STALL_SECONDS": "20",
     "RELAYQ_WORKER_WATCHDOG_INTERVAL_SECONDS": "2",
+    "RELAYQ_WORKER_LEASE_SECONDS": "4",
+    "RELAYQ_WORKER_KILL_GRACE_SECONDS": "1",
+    "RELAYQ_WORKER_HTTP_TIMEOUT_SECONDS": "1",
 }
 RECONCILER_ENV = {
     "RELAYQ_RECONCILER_INTERVAL_SECONDS": "1",
@@ -57,9 +63,13 @@ RECONCILER_ENV = {
 class ChaosStack:
     """A running stack and what the injector does to it."""
 
-    def __init__(self, root: Path, size: ChaosSize) -> None:
+    def __init__(
+        self, root: Path, size: ChaosSize, worker_env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.size = size
+        #: Settings every worker node gets on top of WORKER_ENV (a deliberately broken build).
+        self.worker_env = worker_env or {}
         self.specs: dict[str, ServiceSpec] = {}
         self.procs: dict[str, ServiceProcess] = {}
         self.generation: Counter[str] = Counter()
@@ -67,6 +77,8 @@ class ChaosStack:
         self.metric_dirs: dict[str, list[Path]] = {}
         self.faults: Counter[str] = Counter()
         self.node_exits: Counter[str] = Counter()
+        #: Jobs whose message the DUPLICATES fault published a second time.
+        self.duplicates = 0
         self._lock = threading.Lock()
         self._supervising = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -91,7 +103,11 @@ class ChaosStack:
         for spec in relayq_services(ctx):
             env = {**spec.env, "RELAYQ_RETRY_POLICY": str(RETRY_POLICY)}
             if spec.group == "worker":
-                env |= WORKER_ENV | {"RELAYQ_WORKER_METRICS_DIR": str(self._metric_dir(spec.name))}
+                env |= (
+                    WORKER_ENV
+                    | self.worker_env
+                    | {"RELAYQ_WORKER_METRICS_DIR": str(self._metric_dir(spec.name))}
+                )
             if spec.group == "reconciler":
                 env |= RECONCILER_ENV
             specs.append(dataclasses.replace(spec, env=env))
@@ -225,6 +241,22 @@ class ChaosStack:
         sleep(seconds)
         self.start("dlq")
         self.wait_healthy("dlq")
+
+    def duplicate_messages(self, specs: list[JobSpec]) -> None:
+        """Publishes a second message for each of these accepted jobs, as an at-least-once
+        broker (a restore, a redelivery, the reconciler erring towards publishing) may."""
+
+        async def publish() -> None:
+            publisher = Publisher(self.redis.url)
+            try:
+                await publisher.publish(specs)
+            finally:
+                await publisher.close()
+
+        asyncio.run(publish())
+        self.faults["duplicate_messages"] += 1
+        self.duplicates += len(specs)
+        log.info("chaos_duplicates_published", jobs=len(specs))
 
     def ingest_kill(self) -> None:
         """SIGKILLs ingest-svc (bring it back with :meth:`start` and :meth:`wait_healthy`)."""

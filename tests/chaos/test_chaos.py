@@ -1,13 +1,21 @@
 """Chaos: a real local stack, a mixed load, faults on a schedule, and an audit that finds nothing.
 
-While clients submit ``demo.charge``, ``demo.echo``, ``demo.flaky`` and ``demo.fail`` jobs, an
-injector SIGKILLs random pool processes and whole worker nodes again and again (the harness's
-supervisor starts replacements), restarts Redis with its AOF, makes Redis lose its data
-(FLUSHALL and/or a restart without persistence: the reconciler repairs), restarts Postgres,
-takes dlq-svc down while jobs dead-letter, and kills ingest-svc mid-load (clients retry with
-the same keys). Then every job must end as its kind demands, each charge applied once, nothing
-stuck, and the ledger, the DLQ and the metrics must agree (tests/chaos/audit.py says exactly
-how). The figures are printed and written to ``.relayq/chaos-<size>.json``.
+While clients submit ``demo.transfer``, ``demo.charge``, ``demo.echo``, ``demo.webhook`` (to a
+real HTTP receiver that injects 5xx, 429, slow answers and dropped connections), ``demo.flaky``
+and ``demo.fail`` jobs, an injector SIGKILLs random pool processes and whole worker nodes again
+and again (the harness's supervisor starts replacements), restarts Redis with its AOF, makes
+Redis lose its data (FLUSHALL and/or a restart without persistence: the reconciler repairs),
+publishes a second message for many accepted jobs (as an at-least-once broker may), restarts
+Postgres, takes dlq-svc down while jobs dead-letter, and kills ingest-svc mid-load (clients
+retry with the same keys). Then every job must end as its kind demands, each transfer applied
+once (the journal and the balances say so), each webhook delivered with its own key and never
+twice at once, nothing stuck, and the ledger, the DLQ and the metrics must agree
+(tests/chaos/audit.py says exactly how). The figures are printed and written to
+``.relayq/chaos-<size>.json``.
+
+The audit must be able to fail: ``test_the_audit_catches_a_worker_that_skips_the_claim`` runs a
+small load with every message delivered twice against a worker with the claim switched off (a
+test-only setting) and expects the audit to report the double applications.
 
 ``make test`` runs the CI size; ``make chaos`` the full one (``RELAYQ_CHAOS_SIZE=full``).
 """
@@ -25,6 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -32,6 +41,7 @@ import pytest
 import redis
 
 from relayq.v1 import ingest_pb2_grpc
+from relayq_core.jobs import JobSpec
 from relayq_core.retry import load_policies
 from relayq_core.settings import repo_root
 from tests.chaos import audit as checks
@@ -46,8 +56,11 @@ from tests.chaos.load import (
     submit_until_accepted,
 )
 from tests.chaos.sizes import (
+    AUDIT,
     DLQ_DOWN,
+    DUPLICATES,
     INGEST_KILL,
+    NEVER,
     POSTGRES_RESTART,
     REDIS_DATA_LOSS,
     REDIS_FLUSHALL,
@@ -55,6 +68,7 @@ from tests.chaos.sizes import (
     ChaosSize,
 )
 from tests.chaos.stack import RETRY_POLICY, ChaosStack
+from tests.support.http_receiver import Receiver
 
 POLICIES = load_policies(RETRY_POLICY)
 
@@ -107,11 +121,13 @@ class Injector:
         seed: int,
         kill_batch: list[JobPlan],
         report: LoadReport,
+        jobs: list[JobPlan],
     ) -> None:
         self.stack = stack
         self.size = size
         self.kill_batch = kill_batch
         self.report = report
+        self.jobs = {j.key: j for j in jobs}
         #: How the SubmitJobs call ingest died in the middle of ended for its client.
         self.kill_call = ""
         self.rng = random.Random(seed)
@@ -173,9 +189,21 @@ class Injector:
                 self.stack.dlq_down(self.size.dlq_down_seconds, self.stop.wait)
             elif fault == INGEST_KILL:
                 self._ingest_kill()
+            elif fault == DUPLICATES:
+                self._duplicates()
             else:
                 raise ValueError(fault)
             self._note(f"{fault} ends")
+
+    def _duplicates(self) -> None:
+        """A second message for a share of the jobs accepted so far (many already done)."""
+        accepted = sorted(self.report.job_ids.items())
+        chosen = self.rng.sample(accepted, round(len(accepted) * self.size.duplicate_share))
+        specs = [
+            JobSpec(job_id, key, self.jobs[key].task, "default", self.jobs[key].payload)
+            for key, job_id in chosen
+        ]
+        self.stack.duplicate_messages(specs)
 
     def _ingest_kill(self) -> None:
         """SIGKILLs ingest in the middle of a big SubmitJobs call, then retries it as its
@@ -236,7 +264,32 @@ def queue_empty(stack: ChaosStack) -> bool:
 async def test_nothing_is_lost_or_applied_twice_under_chaos(
     chaos_size: ChaosSize, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    size = chaos_size
+    figures = await run_chaos(chaos_size, tmp_path_factory)
+    assert not figures["problems"], "\n".join(figures["problems"])
+
+
+async def test_the_audit_catches_a_worker_that_skips_the_claim(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The audit can fail: the same harness, a small load delivered twice, a worker whose
+    deliveries skip the lock and claim. Duplicates of finished transfers then run again."""
+    figures = await run_chaos(
+        AUDIT, tmp_path_factory, worker_env={"RELAYQ_WORKER_UNSAFE_SKIP_CLAIM": "true"}
+    )
+    problems = "\n".join(figures["problems"])
+    assert figures["applied_twice"] > 0, problems
+    assert "transferred more than once" in problems, problems
+    assert "balances differ from what the succeeded transfers moved" in problems, problems
+    assert "succeeded jobs without exactly one success" in problems, problems
+
+
+async def run_chaos(
+    size: ChaosSize,
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One run: the stack up, the load and the faults, the drain, the audit; its figures (with
+    ``problems``), also written to ``.relayq/chaos-<size>.json``."""
     seed = random.randrange(1 << 30)
     run_id = uuid.uuid4().hex[:8]
     if size.name == "full":
@@ -248,15 +301,18 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
         root.mkdir(parents=True)
     else:
         root = tmp_path_factory.mktemp(f"chaos-{size.name}")
-    stack = ChaosStack(root, size)
+    stack = ChaosStack(root, size, worker_env)
+    receiver = Receiver()
+    receiver.start()
     audit = checks.Audit()
     began = time.monotonic()
     await asyncio.to_thread(stack.up)
-    jobs = plan(run_id, size.jobs, seed, size.hold_ms)
+    jobs = plan(run_id, size.jobs, seed, size.hold_ms, webhook_url=receiver.url())
     keys = [j.key for j in jobs]
-    streamed, kill_batch = jobs[: -size.kill_batch], jobs[-size.kill_batch :]
+    cut = len(jobs) - size.kill_batch
+    streamed, kill_batch = jobs[:cut], jobs[cut:]
     load = LoadReport()
-    injector = Injector(stack, size, seed, kill_batch, load)
+    injector = Injector(stack, size, seed, kill_batch, load, jobs)
     try:
         started = time.monotonic()
         injector.start()
@@ -307,6 +363,7 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
         checks.audit_metrics(audit, ledger, live, dead_dirs, live_dirs, slack)
         del metrics_snapshot
         await checks.audit_dlq(audit, stack.dlq_address, stack.database_url, jobs)
+        checks.audit_webhooks(audit, receiver, jobs, await checks.states(stack.database_url, keys))
 
         # Services that lived through the Postgres and Redis restarts still work.
         gateway = checks.scrape(stack.gateway_metrics_url())
@@ -339,8 +396,14 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
         )
         for _, fault in size.faults:
             audit.check(stack.faults[fault] >= 1, f"fault {fault} was never injected")
-        audit.check(stack.faults["pool_process_sigkill"] >= 1, "no pool process was killed")
-        audit.check(stack.faults["node_sigkill"] >= 1, "no node was killed")
+        audit.check(
+            size.pool_kill_every == NEVER or stack.faults["pool_process_sigkill"] >= 1,
+            "no pool process was killed",
+        )
+        audit.check(
+            size.node_kill_every == NEVER or stack.faults["node_sigkill"] >= 1,
+            "no node was killed",
+        )
         audit.check(not injector.errors, f"the injector failed: {injector.errors}")
         audit.check(left == 0, f"{left} jobs had not ended after {size.drain_timeout} s")
 
@@ -352,6 +415,8 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
             "workers": size.workers,
             "concurrency": size.concurrency,
             "faults": dict(sorted(stack.faults.items())),
+            "duplicates_published": stack.duplicates,
+            "worker_env": worker_env or {},
             "dlq_down_seconds": size.dlq_down_seconds,
             "node_exits": dict(stack.node_exits),
             "client": {
@@ -384,6 +449,7 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
     finally:
         injector.halt()
         await asyncio.to_thread(stack.down)
+        receiver.stop()
     figures = {**audit.figures, "problems": audit.problems}
     out = repo_root() / ".relayq" / f"chaos-{size.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,5 +458,5 @@ async def test_nothing_is_lost_or_applied_twice_under_chaos(
         k: figures.get(k) for k in ("jobs", "lost", "applied_twice", "stuck", "wrong_outcome")
     }
     print(f"\nchaos {size.name}: {json.dumps(summary)} faults {figures.get('faults')} -> {out}")
-    assert not audit.problems, "\n".join(audit.problems)
     assert Path(out).exists()
+    return figures
