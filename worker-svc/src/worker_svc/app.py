@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from relayq_core.broker import VISIBILITY_TIMEOUT_SECONDS, celery_config, transport_options
+from relayq_core.broker import celery_config, transport_options
 from relayq_core.gctune import freeze_startup_heap
 from relayq_core.logging import configure_logging
 from relayq_core.telemetry import configure_tracing, shutdown_tracing
@@ -111,12 +111,5 @@ def configuration_problems() -> list[str]:
     if unknown:
         problems.append(
             f"{settings.retry_policy_path}: tasks: {unknown} are not in {settings.catalog_path}"
-        )
-    longest = policies.longest_countdown()
-    if longest >= VISIBILITY_TIMEOUT_SECONDS / 2:
-        problems.append(
-            f"{settings.retry_policy_path}: a retry may wait {longest:.0f} s, too close to the "
-            f"broker's visibility timeout ({VISIBILITY_TIMEOUT_SECONDS} s): waiting messages "
-            "would be redelivered"
         )
     return problems

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-#: How long Redis keeps an unacknowledged message before handing it to another worker.
-#: It must exceed the longest retry countdown plus the longest run (docs/retries.md).
+#: kombu's redelivery of unacknowledged messages, which only exists with its ack emulation:
+#: relayq's workers run without it (worker_svc/transport.py), and the ledger's lease and the
+#: reconciler bring back what a dead worker held. Kept at kombu's usual hour for any consumer
+#: that turns the emulation back on.
 VISIBILITY_TIMEOUT_SECONDS = 3600
 
 #: Seconds between PINGs on idle broker connections (redis-py), and kombu's check of the
