@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from relayq_core.settings import repo_root
 
@@ -54,3 +55,54 @@ def test_celery_never_caps_a_jobs_retries() -> None:
 
     for name in catalog.tasks:
         assert app.tasks[name].max_retries is None, name
+
+
+def _imports(module: str) -> set[str]:
+    """The modules ``module``'s source imports at its top level (from its AST)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_worker_edge_has_no_import_cycle() -> None:
+    """app -> tasks -> execute -> runner: the tasks and the adapter never import the app."""
+    for module in ("worker_svc.tasks.demo", "worker_svc.execute", "worker_svc.runner"):
+        assert "worker_svc.app" not in _imports(module), module
+
+
+def test_the_celery_adapter_builds_nothing_at_import_time() -> None:
+    """Importing the adapter (as the parent process does before forking) makes no runtime,
+    connection, HTTP client or gRPC channel: the pool process builds them on first use."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import worker_svc.execute, worker_svc.tasks\n"
+        "from worker_svc import services\n"
+        "assert services.services.cache_info().currsize == 0, 'services built at import'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_celerys_hard_time_limit_is_only_a_last_resort() -> None:
+    """Each task's Celery time_limit lies beyond relayq's own limits (the runner's cancellation
+    at timeout_seconds, the supervisor's kill after the grace), so it only ever acts when
+    neither could."""
+    from worker_svc.app import app, catalog, last_resort_time_limit, policies, settings
+
+    for name in catalog.tasks:
+        policy = policies.for_task(name)
+        limit = app.tasks[name].time_limit
+        assert limit == last_resort_time_limit(policy.timeout_seconds), name
+        assert limit > policy.timeout_seconds + settings.kill_grace_seconds + 30, name
