@@ -267,13 +267,11 @@ async def handle(
             raise Deferred("another delivery of this job is running") from exc
         raise
     attempt = _Attempt(runtime, ledger, delivery, policy)
-    released = False
     try:
         if isinstance(claim, NotYet):
             log.info("job_not_due", why=claim.why, seconds=round(claim.seconds, 3))
             raise Deferred(claim.why, claim.seconds)
         run = await _run(attempt, conn, handler, claim, sent)
-        released = run.released
         decision = decide(run, policy, claim.failures if claim else 0)
         try:
             await settle(conn, ledger, delivery, run, decision)
@@ -283,12 +281,18 @@ async def handle(
             raise
         except AttemptSuperseded as exc:
             raise _superseded(run.attempt) from exc
-        count(delivery, decision, run)
-        return decision, run
-    finally:
+    except BaseException:
         attempt.end()
-        if not released:
+        # The delivery's own error is the one to report, not the unlock's (a broken connection
+        # fails both, and masking Interrupted would lose the attempt it resumes).
+        with contextlib.suppress(Exception):
             await _release(conn, ledger, delivery.job_id)
+        raise
+    attempt.end()
+    count(delivery, decision, run)  # recorded: counted even if the unlock below fails
+    if not run.released:
+        await _release(conn, ledger, delivery.job_id)
+    return decision, run
 
 
 def _superseded(number: int) -> Deferred:
