@@ -37,6 +37,9 @@ app.conf.worker_prefetch_multiplier = settings.prefetch_multiplier
 # (worker_svc/transport.py).
 app.conf.broker_transport = "worker_svc.transport:Transport"
 app.conf.broker_transport_options = {**transport_options(), "ack_emulation": False}
+# A task Celery's hard time limit stopped (the last resort, below) is handed back, not
+# acknowledged: its job's next delivery waits for the lease, then counts a worker loss.
+app.conf.task_acks_on_timeout = False
 # relayq counts a job's failures itself (the retry policy, in the ledger); Celery's own limit
 # (3 by default, even when retry() is given max_retries=None) must never cut a job short.
 # Celery's hard time limit is the last resort behind relayq's own (the runner's cancellation,

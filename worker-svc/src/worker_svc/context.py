@@ -59,9 +59,10 @@ class JobContext:
     async def db(self) -> asyncpg.Connection:
         """The connection inside the job's transaction (begun on the first call)."""
         if self._transaction is None:
-            transaction = self._conn.transaction()
-            await transaction.start()
-            self._transaction = transaction
+            # Kept before BEGIN is sent: if a cancellation cuts the BEGIN short, the runner still
+            # knows a transaction may be open and rolls it back.
+            self._transaction = self._conn.transaction()
+            await self._transaction.start()
         return self._conn
 
     @property

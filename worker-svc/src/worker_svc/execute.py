@@ -21,6 +21,7 @@ from celery import Task
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS
 from relayq_core.logging import get_logger, job_context
 from worker_svc.handoff import DlqUnreachable, HandedOff, hand_off
+from worker_svc.metrics import DELIVERY_ERRORS
 from worker_svc.runner import (
     DeadLetter,
     Deferred,
@@ -92,6 +93,14 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)
             _again(task, INFRA_RETRY_SECONDS, _resume(message, resuming), exc)
+        except Exception as exc:
+            # Not the handler's failure (the runner records those): a bug, or the ledger
+            # refusing a write. Acknowledging the message would leave the job to the reconciler
+            # at best; it comes back instead, and the error is logged and counted each time.
+            runtime.run(runtime.discard_connection())
+            log.exception("job_delivery_error", error=type(exc).__name__)
+            DELIVERY_ERRORS.labels(task=task.name, error=type(exc).__name__[:64]).inc()
+            _again(task, svc.settings.defer_seconds, _resume(message, resuming), exc)
         if isinstance(decision, Retry):
             log.info(
                 "job_retry_scheduled",

@@ -58,7 +58,7 @@ async def hand_off(
         except UNAVAILABLE_ERRORS:
             pass  # the retry goes ahead all the same; the reconciler is the safety net
         raise DlqUnreachable(code) from exc
-    await ledger.mark_dead_lettered(conn, job_id)
+    await ledger.mark_dead_lettered(conn, job_id, report.final_attempt)
     log.warning(
         "job_dead_lettered",
         reason=report.reason.value,

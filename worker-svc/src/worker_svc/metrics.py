@@ -47,6 +47,12 @@ ATTEMPTS_KILLED = Counter(
     "(reason=timeout) or its lease no longer renewable (reason=lease)",
     ["task", "reason"],
 )
+DELIVERY_ERRORS = Counter(
+    "relayq_worker_delivery_errors_total",
+    "Deliveries that failed for a reason that is not the handler's (a bug, a ledger write "
+    "refused); the message is re-published, not acknowledged",
+    ["task", "error"],
+)
 JOB_DURATION = Histogram(
     DURATION,
     "Time a handler ran, per attempt (succeeded or failed)",

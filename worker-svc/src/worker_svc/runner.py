@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -59,12 +60,18 @@ from relayq_core.retry import RetryPolicy
 from relayq_core.telemetry import current_trace_id
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.metrics import JOB_RUNS, JOB_TIMEOUTS, observe_duration
-from worker_svc.runtime import Runtime, StopSwitch
+from worker_svc.runtime import Runtime, StopSwitch, TrackedExecutor, tracked_executor
 from worker_svc.supervisor import Watch
 
 log = get_logger(__name__)
 
 Handler = Callable[[JobContext, JsonObject], Awaitable[Any]]
+
+#: The longest a handler's transaction may take to roll back before its connection is closed.
+ROLLBACK_SECONDS = 5.0
+
+#: The running attempt, in the context of its handler and of every task the handler starts.
+_ATTEMPT: contextvars.ContextVar[object] = contextvars.ContextVar("relayq_attempt")
 
 __all__ = [
     "DeadLetter",
@@ -115,6 +122,15 @@ class Interrupted(Exception):
         self.attempt = attempt
 
 
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it (in text and jsonb): a NUL byte, which neither
+    accepts, written out as ``\\x00``, and lone surrogates as ``\\udXXX`` escapes. A failure
+    whose message held either (a webhook's binary 5xx body) could otherwise not be recorded."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class _Stopped(Exception):
     """The handler was stopped from outside (its time limit, or the connection's loss)."""
 
@@ -143,9 +159,9 @@ class Failure:
         if isinstance(exc, JobError):
             retryable, retry_after = exc.retryable, exc.retry_after
         return cls(
-            type(exc).__name__,
-            str(exc)[:2000],
-            "".join(traceback.format_exception(exc))[-20000:],
+            storable(type(exc).__name__),
+            storable(str(exc)[:2000]),
+            storable("".join(traceback.format_exception(exc))[-20000:]),
             retryable,
             retry_after,
         )
@@ -254,6 +270,7 @@ async def handle(
             delivery.job_id,
             delivery.resuming,
             lease_seconds=runtime.limits.lease_seconds,
+            max_interruptions=policy.max_interruptions,
             unsafe_skip_lock=runtime.limits.unsafe_skip_claim,
         )
     except BaseException as exc:
@@ -266,15 +283,15 @@ async def handle(
         if isinstance(exc, asyncpg.LockNotAvailableError):
             raise Deferred("another delivery of this job is running") from exc
         raise
-    attempt = _Attempt(runtime, ledger, delivery, policy)
+    attempt = _Attempt(runtime, ledger, delivery, policy, conn)
     try:
         if isinstance(claim, NotYet):
             log.info("job_not_due", why=claim.why, seconds=round(claim.seconds, 3))
             raise Deferred(claim.why, claim.seconds)
-        run = await _run(attempt, conn, handler, claim, sent)
+        run = await _run(attempt, handler, claim, sent)
         decision = decide(run, policy, claim.failures if claim else 0)
         try:
-            await settle(conn, ledger, delivery, run, decision)
+            await settle(attempt.conn, ledger, delivery, run, decision)
         except UNAVAILABLE_ERRORS as exc:
             if run.attempt:
                 raise Interrupted(run.attempt) from exc
@@ -286,12 +303,19 @@ async def handle(
         # The delivery's own error is the one to report, not the unlock's (a broken connection
         # fails both, and masking Interrupted would lose the attempt it resumes).
         with contextlib.suppress(Exception):
-            await _release(conn, ledger, delivery.job_id)
+            await attempt.release()
+        if not attempt.conn.is_closed() and attempt.conn.is_in_transaction():
+            runtime.taint()  # never run the next delivery inside what this one left open
         raise
     attempt.end()
     count(delivery, decision, run)  # recorded: counted even if the unlock below fails
+    if attempt.must_kill:
+        # Its handler's offloaded work is still running: only the process's end stops it, and
+        # the next attempt (after the recorded retry's backoff) must not run beside it.
+        log.error("job_attempt_killed", attempt=run.attempt, reason="work_left_running")
+        runtime.kill()
     if not run.released:
-        await _release(conn, ledger, delivery.job_id)
+        await attempt.release()
     return decision, run
 
 
@@ -305,13 +329,12 @@ def _superseded(number: int) -> Deferred:
 
 async def _run(
     attempt: _Attempt,
-    conn: asyncpg.Connection,
     handler: Handler,
     claim: Claim | None,
     sent: float,
 ) -> RunResult:
     """The delivery after its claim (``claim`` None: nothing to claim)."""
-    ledger, delivery = attempt.ledger, attempt.delivery
+    ledger, delivery, conn = attempt.ledger, attempt.delivery, attempt.conn
     if claim is None:
         peek = await ledger.peek_state(conn, delivery.job_id)
         if peek is None:
@@ -323,24 +346,23 @@ async def _run(
         log.info("job_duplicate_delivery", state=peek.state.value)
         return RunResult(Outcome.DUPLICATE, result=found[1] if found else peek.result)
     try:
-        return await _run_claimed(attempt, conn, handler, claim, sent)
+        return await _run_claimed(attempt, handler, claim, sent)
     except (Interrupted, _Stopped):
         raise
     except Exception as exc:
         # A ledger call of this delivery failed (a handler's failure never gets here).
-        if isinstance(exc, UNAVAILABLE_ERRORS) or conn.is_closed():
+        if isinstance(exc, UNAVAILABLE_ERRORS) or attempt.conn.is_closed():
             raise Interrupted(claim.attempt) from exc
         raise
 
 
 async def _run_claimed(
     attempt: _Attempt,
-    conn: asyncpg.Connection,
     handler: Handler,
     claim: Claim,
     sent: float,
 ) -> RunResult:
-    ledger, delivery, policy = attempt.ledger, attempt.delivery, attempt.policy
+    ledger, delivery, policy, conn = attempt.ledger, attempt.delivery, attempt.policy, attempt.conn
     started_at = claim.started_at
     assert started_at is not None
     if claim.interrupted:
@@ -383,7 +405,8 @@ async def _run_claimed(
                 attempt=claim.attempt,
                 failure=Failure(
                     "WorkerLost",
-                    f"the job's worker died {claim.worker_losses} times while running it",
+                    f"the job's worker died (or lost its database connection, again and again) "
+                    f"{claim.worker_losses} times while running it",
                     "",
                     retryable=False,
                 ),
@@ -408,25 +431,34 @@ async def _run_claimed(
         ran=True,
     )
     t0 = time.perf_counter()
-    attempt.begin(conn, claim, sent, t0)
+    attempt.begin(conn, claim, sent + claim.waited_seconds, t0)
     try:
         result = await _call(handler, ctx, delivery.payload, policy.timeout_seconds, attempt.stop)
     except _Stopped as stopped:
-        attempt.handler_returned()
-        await _rollback(ctx, conn)
+        await attempt.quiesce()
         if stopped.reason != "timeout":  # the connection (and with it the job's lock) is gone
+            attempt.kill_if_busy()
             raise Interrupted(claim.attempt) from None
+        # Cancelled by its time limit, perhaps mid-statement on the delivery's connection.
+        await attempt.end_transaction(ctx, cut=True)
         JOB_TIMEOUTS.labels(task=delivery.task, queue=delivery.queue, kind="soft").inc()
         return _failed(base, Failure.time_limit(policy.timeout_seconds, hard=False), t0)
     except Exception as exc:
-        attempt.handler_returned()
-        await _rollback(ctx, conn)
+        await attempt.quiesce()
         if conn.is_closed():
             # The delivery's own connection died under the handler: whatever the handler made
             # of that, the attempt cannot be recorded here (the next delivery resumes it).
+            attempt.kill_if_busy()
             raise Interrupted(claim.attempt) from exc
+        await attempt.end_transaction(ctx, cut=False)
         return _failed(base, Failure.of(exc), t0)
-    attempt.handler_returned()
+    except BaseException:
+        # Not a failure of the job (the process is being stopped): leave nothing open behind.
+        attempt.handler_returned()
+        with contextlib.suppress(Exception):
+            await attempt.end_transaction(ctx, cut=True)
+        raise
+    await attempt.quiesce(wait=False)
     duration = time.perf_counter() - t0
     record = AttemptRecord(claim.attempt, delivery.worker, started_at, duration, "succeeded")
     # With nothing of the handler's to commit alongside, one statement records the success
@@ -437,12 +469,12 @@ async def _run_claimed(
         if transaction is not None:
             await transaction.commit()
     except AttemptSuperseded as exc:
-        await _rollback(ctx, conn)
+        await attempt.end_transaction(ctx, cut=False)
         raise _superseded(claim.attempt) from exc
     except Exception as exc:
-        await _rollback(ctx, conn)
         if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
             raise Interrupted(claim.attempt) from exc
+        await attempt.end_transaction(ctx, cut=False)
         # The handler's transaction could not commit (a serialization failure, a deferred
         # constraint, a statement it left failed): its failure.
         return _failed(base, Failure.of(exc), t0)
@@ -480,6 +512,7 @@ async def _call(
     """
     timeout = asyncio.timeout(limit)
     stop.attach(timeout)
+    token = _ATTEMPT.set(stop)  # tasks the handler starts inherit it (see _Attempt.quiesce)
     try:
         async with timeout:
             return await handler(ctx, payload)
@@ -487,37 +520,51 @@ async def _call(
         if timeout.expired():
             raise _Stopped(stop.reason or "timeout") from None
         raise
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this delivery itself is being cancelled (the process is stopping)
+        # The handler let a cancellation of its own escape (it awaited a task that something
+        # cancelled): its failure, like any other exception.
+        raise HandlerCancelled("the handler raised CancelledError") from None
     finally:
+        _ATTEMPT.reset(token)
         stop.attach(None)
 
 
-async def _rollback(ctx: JobContext, conn: asyncpg.Connection) -> None:
-    """Rolls the handler's transaction back, if it began one and the connection still lives."""
-    transaction = ctx.transaction
-    if transaction is None or conn.is_closed() or not conn.is_in_transaction():
-        return
-    try:
-        await transaction.rollback()
-    except asyncpg.InterfaceError:
-        pass  # already finished by asyncpg (a cancelled statement); nothing left to undo
+class HandlerCancelled(Exception):
+    """A ``CancelledError`` that escaped the handler without this delivery being cancelled."""
 
 
 class _Attempt:
     """One delivery's running attempt: its stop switch and the supervisor's watch on it."""
 
     def __init__(
-        self, runtime: Runtime, ledger: JobLedger, delivery: Delivery, policy: RetryPolicy
+        self,
+        runtime: Runtime,
+        ledger: JobLedger,
+        delivery: Delivery,
+        policy: RetryPolicy,
+        conn: asyncpg.Connection,
     ) -> None:
         self.runtime = runtime
         self.ledger = ledger
         self.delivery = delivery
         self.policy = policy
+        #: The connection the delivery records on: the claim's, holding the job's lock, until
+        #: end_transaction() has to replace it (then the lease alone keeps others away).
+        self.conn = conn
+        self.lock_held = True
         self.stop = StopSwitch()
         self._watch: Watch | None = None
+        self._executor: TrackedExecutor | None = None
+        #: The handler's offloaded work outlived it: the process must end (after recording).
+        self.must_kill = False
 
     def begin(self, conn: asyncpg.Connection, claim: Claim, sent: float, t0: float) -> None:
         """The handler is about to run: the connection's loss stops it, the supervisor watches."""
         self.runtime.attempt = self.stop
+        self._executor = tracked_executor()
         if self.runtime.limits.unsafe_skip_claim:
             return  # no lock held: nothing for a lease to prove
         loop = asyncio.get_running_loop()
@@ -560,6 +607,77 @@ class _Attempt:
             record_timeout=record_timeout,
         )
         self.runtime.supervisor(ledger).begin(self._watch)
+
+    async def quiesce(self, *, wait: bool = True) -> None:
+        """The handler has returned: its leftover tasks are cancelled and, unless it succeeded
+        (``wait`` False), awaited with what it handed to threads, for up to half the kill grace.
+        Work still running then would overlap the next attempt: :attr:`must_kill`."""
+        current = asyncio.current_task()
+        # The handler's tasks carry its attempt in their context (set by _call), and only they.
+        leftover = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and not t.done() and t.get_context().get(_ATTEMPT) is self.stop
+        ]
+        for task in leftover:
+            task.cancel()
+        if wait:
+            # Half the kill grace: decided here, on the loop, before the supervisor's hard
+            # deadline (time limit + grace) would make it decide from its thread.
+            grace = self.runtime.limits.kill_grace_seconds / 2
+            started = time.monotonic()
+            if leftover:
+                _, pending = await asyncio.wait(leftover, timeout=grace)
+                self.must_kill = bool(pending)
+            remaining = max(0.0, grace - (time.monotonic() - started))
+            executor = self._executor
+            if executor is not None and not await executor.idle(remaining):
+                self.must_kill = True
+            if self.must_kill:
+                log.error(
+                    "job_attempt_left_work_running",
+                    tasks=len(leftover),
+                    threads=executor.busy if executor is not None else 0,
+                    grace_seconds=grace,
+                )
+        self.handler_returned()
+
+    async def end_transaction(self, ctx: JobContext, *, cut: bool) -> None:
+        """Leaves nothing of the handler's open on the delivery's connection.
+
+        A handler that failed on its own (``cut`` False) has its transaction rolled back. One
+        that was cancelled (its time limit; ``cut``) may have been cut off mid-statement, and
+        asyncpg then waits for the cancellation of a statement that already finished: that
+        connection is never trusted again, nor is one whose rollback failed or took too long.
+        It is closed (its session lock goes with it, and the attempt's lease keeps other
+        deliveries away meanwhile) and the outcome is recorded on a fresh connection.
+        """
+        conn = self.conn
+        if conn.is_closed() or (ctx.transaction is None and not conn.is_in_transaction()):
+            return
+        if not cut and ctx.transaction is not None:
+            try:
+                async with asyncio.timeout(ROLLBACK_SECONDS):
+                    await ctx.transaction.rollback()
+                if not conn.is_in_transaction():
+                    return
+            except Exception as exc:
+                log.warning("job_rollback_failed", error=type(exc).__name__)
+        await self.runtime.discard_connection()
+        self.lock_held = False
+        self.conn = await self.runtime.connection()
+
+    async def release(self) -> None:
+        """Releases the job's lock, if this delivery still holds it."""
+        if self.lock_held:
+            await _release(self.conn, self.ledger, self.delivery.job_id)
+
+    def kill_if_busy(self) -> None:
+        """No outcome can be recorded (the connection is gone), and the handler's work still
+        runs: end the process now, before anyone may take the job over."""
+        if self.must_kill:
+            log.error("job_attempt_killed", reason="work_left_running")
+            self.runtime.kill()
 
     def handler_returned(self) -> None:
         """Nothing left to stop (the lease is still renewed until the outcome is recorded)."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import threading
+import weakref
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +39,94 @@ class DeliveryLimits:
     kill_grace_seconds: float = 10.0
     #: TEST ONLY: deliveries skip the job's lock and claim (worker_svc.config).
     unsafe_skip_claim: bool = False
+    #: PostgreSQL drops a worker session whose peer went silent (a partition, a host lost
+    #: without a FIN) after about this long, releasing the job's lock with it.
+    dead_peer_seconds: float = 20.0
+
+    def server_settings(self) -> dict[str, str]:
+        """Session settings that make PostgreSQL notice a vanished worker in time: TCP
+        keepalives (idle, interval, count) and a limit on unacknowledged data."""
+        idle = max(1, int(self.dead_peer_seconds * 0.4))
+        interval = max(1, int(self.dead_peer_seconds * 0.2))
+        return {
+            "tcp_keepalives_idle": str(idle),
+            "tcp_keepalives_interval": str(interval),
+            "tcp_keepalives_count": "3",
+            "tcp_user_timeout": str(int(self.dead_peer_seconds * 1000)),
+        }
+
+
+class TrackedExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, counting the work in flight, so an attempt can tell
+    whether what its handler handed to threads (``asyncio.to_thread``, ``run_in_executor``)
+    has finished: cancelling the handler does not stop a thread."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="relayq-handler")
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._idle_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._lock:
+            self._busy += 1
+
+        def run() -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    waiters = self._idle_waiters if self._busy == 0 else []
+                    if waiters:
+                        self._idle_waiters = []
+                for loop, waiter in waiters:
+                    loop.call_soon_threadsafe(_resolve, waiter)
+
+        return super().submit(run)
+
+    @property
+    def busy(self) -> int:
+        """Work items submitted and not finished."""
+        with self._lock:
+            return self._busy
+
+    async def idle(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` for every work item to finish; whether they all did."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._busy == 0:
+                return True
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle_waiters.append((loop, waiter))
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return False
+        return True
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+#: The tracked default executor of each event loop that ran a delivery.
+_EXECUTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TrackedExecutor] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def tracked_executor() -> TrackedExecutor:
+    """The running loop's default executor, made a :class:`TrackedExecutor` on first use."""
+    loop = asyncio.get_running_loop()
+    executor = _EXECUTORS.get(loop)
+    if executor is None:
+        executor = TrackedExecutor()
+        loop.set_default_executor(executor)
+        _EXECUTORS[loop] = executor
+    return executor
 
 
 class StopSwitch:
@@ -87,6 +178,9 @@ class Runtime:
         self._supervisor: Supervisor | None = None
         #: The running attempt's stop switch (the connection's loss stops its handler).
         self.attempt: StopSwitch | None = None
+        #: The connection's transaction bookkeeping may be wrong (a BEGIN cut short, a handler
+        #: that escaped mid-transaction): it is replaced before the next delivery.
+        self.tainted = False
 
     def _forked(self) -> bool:
         """Whether this is a new process (a forked child): the parent's resources are not ours."""
@@ -111,8 +205,10 @@ class Runtime:
     async def connection(self) -> asyncpg.Connection:
         """The process's connection, reconnecting if it was closed or broken."""
         self._forked()
+        if self._conn is not None and (self.tainted or self._conn.is_in_transaction()):
+            await self.discard_connection()  # never start a delivery inside a stale transaction
         if self._conn is None or self._conn.is_closed():
-            conn = await connect(self._dsn)
+            conn = await connect(self._dsn, self.limits.server_settings())
             lock_wait_ms = int(self.limits.lock_wait_seconds * 1000)
             await conn.execute(f"SET lock_timeout = {lock_wait_ms}")
             # A connection that dies mid-attempt takes the job's lock with it: stop the handler
@@ -125,8 +221,17 @@ class Runtime:
         if conn is self._conn and self.attempt is not None:
             self.attempt.request("connection_lost")
 
+    def taint(self) -> None:
+        """Marks the connection for replacement before the next delivery."""
+        self.tainted = True
+
+    def kill(self) -> None:
+        """Ends this process at once (see :func:`worker_svc.supervisor.kill_this_process`)."""
+        self._kill()
+
     async def discard_connection(self) -> None:
         """Drops a connection that failed mid-use, so the next job reconnects."""
+        self.tainted = False
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             conn.terminate()
@@ -141,6 +246,7 @@ class Runtime:
                 lease_seconds=self.limits.lease_seconds,
                 kill_grace_seconds=self.limits.kill_grace_seconds,
                 kill=self._kill,
+                server_settings=self.limits.server_settings(),
             )
         return self._supervisor
 

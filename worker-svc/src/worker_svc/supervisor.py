@@ -71,7 +71,8 @@ class Watch:
     attempt: int
     #: The backend pid of the delivery's connection, which holds the job's lock.
     holder_pid: int
-    #: When the claim that set the lease was sent (monotonic).
+    #: When the lease was taken, on this process's monotonic clock: never later than the
+    #: database's moment (the claim was sent, plus what the database says it waited).
     lease_sent: float
     #: When the handler started, and its time limit (seconds).
     started: float
@@ -98,8 +99,10 @@ class Supervisor:
         kill_grace_seconds: float,
         kill: Callable[[], None] = kill_this_process,
         clock: Callable[[], float] = time.monotonic,
+        server_settings: dict[str, str] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._server_settings = server_settings
         self._ledger = ledger
         self._lease = lease_seconds
         self._grace = kill_grace_seconds
@@ -248,7 +251,7 @@ class Supervisor:
         try:
             async with asyncio.timeout(budget):
                 if self._conn is None or self._conn.is_closed():
-                    self._conn = await connect(self._dsn)
+                    self._conn = await connect(self._dsn, self._server_settings)
                 return await fn(self._conn)
         except BaseException:
             # A call cut short leaves the connection mid-protocol: start afresh next time.

@@ -33,6 +33,10 @@ class RetryPolicy:
     jitter: float = 0.2
     #: Deliveries whose worker died mid-run before the job is dead-lettered as a poison job.
     max_worker_losses: int = 2
+    #: Attempts in a row cut short by the loss of the delivery's database connection that are
+    #: not counted (an outage is not the job's fault); each one beyond counts as a worker loss
+    #: (a handler that costs its own connection must not run forever).
+    max_interruptions: int = 3
     #: An attempt still running after this long is cancelled and recorded ``timed_out`` (a
     #: retryable failure; the job is dead-lettered with reason ``timeout`` when the last one
     #: was); one that ignores the cancellation is stopped hard (docs/retries.md).
@@ -119,6 +123,7 @@ def _policy(base: RetryPolicy, table: Any, path: Path, key: str) -> RetryPolicy:
         (0 <= policy.max_retries <= 100, "max_retries must be 0..100"),
         (0 <= policy.jitter < 1, "jitter must be in [0, 1)"),
         (1 <= policy.max_worker_losses <= 100, "max_worker_losses must be 1..100"),
+        (0 <= policy.max_interruptions <= 100, "max_interruptions must be 0..100"),
         (0 < policy.timeout_seconds <= 86400, "timeout_seconds must be in (0, 86400]"),
     ]
     for ok, problem in problems:

@@ -22,13 +22,16 @@ from relayq_core.jobs import AttemptRecord, JobRecord, JobSpec, JobState
 
 _Q = load_queries(SQL_DIR / "ledger.sql")
 
-#: Errors that mean "the database could not be reached or went away", not "bad query".
+#: Errors that mean "the database could not be reached, went away or cannot take us now" (too
+#: many connections, out of resources), not "bad query". Only for relayq's own calls: what a
+#: handler raises is the handler's, whatever its type (worker_svc/runner.py).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
 )
 
 
@@ -83,9 +86,9 @@ async def create_pool(
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    """One connection with relayq's codecs."""
-    conn = await asyncpg.connect(dsn)
+async def connect(dsn: str, server_settings: dict[str, str] | None = None) -> asyncpg.Connection:
+    """One connection with relayq's codecs (and these session settings)."""
+    conn = await asyncpg.connect(dsn, server_settings=server_settings)
     await init_connection(conn)
     return conn
 
@@ -96,7 +99,8 @@ class Claim:
     (``abandoned``) or lost its database connection mid-attempt (``interrupted``).
 
     ``failures``: the retry budget the job's run has used so far; ``started_at``: when the
-    attempt started, by the database's clock.
+    attempt started, by the database's clock; ``waited_seconds``: how long the claim waited
+    for the job's lock and row before taking the lease.
     """
 
     attempt: int
@@ -105,6 +109,7 @@ class Claim:
     interrupted: bool = False
     failures: int = 0
     started_at: datetime | None = None
+    waited_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,7 @@ class JobLedger:
         resuming: int | None = None,
         *,
         lease_seconds: float = 15.0,
+        max_interruptions: int = 3,
         unsafe_skip_lock: bool = False,
     ) -> Claim | NotYet | None:
         """Holds the job for this session (:meth:`lock_job`) and starts an attempt leased for
@@ -315,10 +321,15 @@ class JobLedger:
         Waits at most ``lock_timeout`` for another delivery or for the job's row
         (``LockNotAvailableError``; the lock may be held by then: release it). ``resuming``:
         the attempt this delivery continues after a database outage cut it short (not a worker
-        loss). ``unsafe_skip_lock``: tests only (see ``claim_unsafely`` in ledger.sql).
+        loss), free up to ``max_interruptions`` in a row, a worker loss beyond.
+        ``unsafe_skip_lock``: tests only (see ``claim_unsafely`` in ledger.sql).
         """
         query = _Q["claim_unsafely"] if unsafe_skip_lock else _Q["lock_and_claim"]
-        args = (job_id, lease_seconds) if unsafe_skip_lock else (job_id, resuming, lease_seconds)
+        args = (
+            (job_id, lease_seconds)
+            if unsafe_skip_lock
+            else (job_id, resuming, lease_seconds, max_interruptions)
+        )
         row = await db.fetchrow(query, *args)
         if row is None:
             return None
@@ -335,6 +346,7 @@ class JobLedger:
             interrupted=interrupted,
             failures=int(row["failures"]),
             started_at=row["started_at"],
+            waited_seconds=float(row["waited_seconds"]),
         )
 
     async def renew_lease(
@@ -367,9 +379,10 @@ class JobLedger:
             None if staged is None else StagedDeadLetter.from_json(staged),
         )
 
-    async def mark_dead_lettered(self, db: Executor, job_id: str) -> None:
-        """dlq-svc has the dead letter: the job is dead-lettered now."""
-        await db.execute(_Q["mark_dead_lettered"], job_id)
+    async def mark_dead_lettered(self, db: Executor, job_id: str, final_attempt: int) -> None:
+        """dlq-svc has the dead letter of attempt ``final_attempt``: the job is dead-lettered
+        now (unless a newer dead letter is staged meanwhile)."""
+        await db.execute(_Q["mark_dead_lettered"], job_id, final_attempt)
 
     async def complete(
         self, db: Executor, job_id: str, result: Any, attempt: AttemptRecord, *, unlock: bool

@@ -10,10 +10,20 @@
 -- * failures: the failed attempts of the job's current run (the retry budget used), kept here
 --   rather than in the message, so a retry whose message is lost, duplicated or republished
 --   keeps its place in the policy. A replay starts a new run (0).
+-- * interruptions: attempts cut short in a row by the loss of their delivery's connection
+--   (free, as an outage is not the job's fault), up to the claim's p_max_interruptions; beyond
+--   that each counts as a worker loss, so a handler that costs its own connection (an
+--   idle-in-transaction timeout, a query that crashes its backend) ends as a poison job instead
+--   of running forever. Reset when an attempt is recorded.
 -- * Every time is the database's clock (clock_timestamp(), not a worker's clock): a skewed
 --   worker cannot move a retry earlier or a lease later.
+--
+-- Deploying: run this migration before starting workers of this version. Workers of the
+-- previous version keep working meanwhile: their two-argument relayq_lock_and_claim (0006) is
+-- left in place, and relayq_complete keeps its signature.
 ALTER TABLE relayq_jobs ADD COLUMN lease_until timestamptz;
 ALTER TABLE relayq_jobs ADD COLUMN failures integer NOT NULL DEFAULT 0;
+ALTER TABLE relayq_jobs ADD COLUMN interruptions integer NOT NULL DEFAULT 0;
 
 -- Unfinished jobs carry on with the budget their attempts so far used (as the reconciler
 -- counted it: failed attempts with a countdown since the last terminal one).
@@ -28,8 +38,6 @@ SET failures = (
                               0))
 WHERE j.state IN ('queued', 'running', 'retrying');
 
-DROP FUNCTION relayq_lock_and_claim(text, integer);
-DROP FUNCTION relayq_complete(text, jsonb, integer, text, timestamptz, double precision, boolean);
 
 -- Holds the job for this session (its advisory lock, as in 0006: the SELECT runs after the lock
 -- is granted, and FOR UPDATE waits for a delivery that released the lock but has not committed),
@@ -38,24 +46,30 @@ DROP FUNCTION relayq_complete(text, jsonb, integer, text, timestamptz, double pr
 --   * wait_seconds > 0, attempt NULL: not now. A retry whose time has not come (a duplicate or
 --     early message: the backoff is kept), or a running job nobody holds whose lease has not
 --     run out (its worker may still be running it: see lease_until above);
---   * otherwise the claim: attempt p_resuming resumed after a database outage is "interrupted";
---     any other running job found here was abandoned by a worker that died (a worker loss).
--- Waits at most lock_timeout (lock_not_available); the caller then releases the advisory lock,
--- which it may hold by then (the row wait comes after it).
+--   * otherwise the claim: attempt p_resuming resumed after a database outage is "interrupted"
+--     (up to p_max_interruptions in a row); any other running job found here was abandoned by
+--     a worker that died (a worker loss).
+-- waited_seconds: how long the call waited for the lock and the row, so the worker can date
+-- the lease from when it was taken. Waits at most lock_timeout (lock_not_available); the
+-- caller then releases the advisory lock, which it may hold by then (the row wait comes after
+-- it).
 CREATE FUNCTION relayq_lock_and_claim(
-    p_job_id text, p_resuming integer, p_lease_seconds double precision
+    p_job_id text, p_resuming integer, p_lease_seconds double precision,
+    p_max_interruptions integer
 ) RETURNS TABLE (
     attempt integer, losses integer, prev_state text, interrupted boolean, failures integer,
-    started_at timestamptz, wait_seconds double precision
+    started_at timestamptz, wait_seconds double precision, waited_seconds double precision
 )
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     prev record;
     at timestamptz;
+    waited double precision;
+    resumed boolean;
 BEGIN
     PERFORM pg_advisory_lock(hashtextextended(p_job_id, 0));
     SELECT j.state, j.attempt_count, j.pending_dead_letter IS NOT NULL AS staged,
-           j.lease_until, j.next_attempt_at
+           j.lease_until, j.next_attempt_at, j.interruptions
     INTO prev
     FROM relayq_jobs j WHERE j.job_id = p_job_id
     FOR UPDATE;
@@ -64,28 +78,31 @@ BEGIN
     END IF;
     -- Not now() (the statement's start, before the lock wait): the moment the row is ours.
     at := clock_timestamp();
+    waited := extract(epoch FROM at - now());
     IF prev.state = 'retrying' AND prev.next_attempt_at > at THEN
         RETURN QUERY SELECT NULL::integer, NULL::integer, prev.state::text, false, NULL::integer,
-            at, extract(epoch FROM prev.next_attempt_at - at)::double precision;
+            at, extract(epoch FROM prev.next_attempt_at - at)::double precision, waited;
         RETURN;
     END IF;
     IF prev.state = 'running' AND prev.lease_until > at
        AND prev.attempt_count IS DISTINCT FROM p_resuming THEN
         RETURN QUERY SELECT NULL::integer, NULL::integer, prev.state::text, false, NULL::integer,
-            at, extract(epoch FROM prev.lease_until - at)::double precision;
+            at, extract(epoch FROM prev.lease_until - at)::double precision, waited;
         RETURN;
     END IF;
+    -- Resuming the attempt a connection loss cut short: free up to p_max_interruptions in a row.
+    resumed := coalesce(prev.state = 'running' AND prev.attempt_count = p_resuming
+        AND prev.interruptions < p_max_interruptions, false);
     RETURN QUERY
     UPDATE relayq_jobs j
     SET state = 'running', attempt_count = j.attempt_count + 1,
-        worker_losses = j.worker_losses
-            + (prev.state = 'running' AND prev.attempt_count IS DISTINCT FROM p_resuming)::int,
+        worker_losses = j.worker_losses + (prev.state = 'running' AND NOT resumed)::int,
+        interruptions = CASE WHEN resumed THEN j.interruptions + 1 ELSE j.interruptions END,
         updated_at = at, started_at = coalesce(j.started_at, at), next_attempt_at = NULL,
         lease_until = at + make_interval(secs => p_lease_seconds)
     WHERE j.job_id = p_job_id
-    RETURNING j.attempt_count, j.worker_losses, prev.state::text,
-        (prev.state = 'running' AND prev.attempt_count = p_resuming), j.failures, at,
-        0::double precision;
+    RETURNING j.attempt_count, j.worker_losses, prev.state::text, resumed, j.failures, at,
+        0::double precision, waited;
 END
 $$;
 
@@ -94,7 +111,7 @@ $$;
 -- by its worker's supervisor) and, inside the handler's transaction, its effects roll back with
 -- it. With p_unlock, also releases the job's lock (as in 0006: only from a statement that
 -- commits on its own).
-CREATE FUNCTION relayq_complete(
+CREATE OR REPLACE FUNCTION relayq_complete(
     p_job_id text, p_result jsonb, p_number integer, p_worker text, p_started_at timestamptz,
     p_duration double precision, p_unlock boolean
 ) RETURNS void
@@ -102,7 +119,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     UPDATE relayq_jobs
     SET state = 'succeeded', result = p_result, last_error = NULL, updated_at = now(),
-        finished_at = now(), next_attempt_at = NULL, lease_until = NULL
+        finished_at = now(), next_attempt_at = NULL, lease_until = NULL, interruptions = 0
     WHERE job_id = p_job_id AND state = 'running' AND attempt_count = p_number;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'attempt % of job % no longer owns the job', p_number, p_job_id
@@ -141,7 +158,7 @@ BEGIN
     END IF;
     UPDATE relayq_jobs
     SET state = 'retrying', last_error = p_error, next_attempt_at = due, updated_at = now(),
-        lease_until = NULL, failures = failures + p_counted::int,
+        lease_until = NULL, failures = failures + p_counted::int, interruptions = 0,
         pending_dead_letter = CASE WHEN p_dead_letter IS NULL THEN NULL
             ELSE p_dead_letter || jsonb_build_object('dead_lettered_at', clock_timestamp()) END
     WHERE job_id = p_job_id AND state = 'running' AND attempt_count = p_number;

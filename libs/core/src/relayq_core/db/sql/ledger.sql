@@ -55,8 +55,9 @@ SELECT pg_advisory_unlock(hashtextextended($1, 0));
 -- the lock inside a function. No row: the job is finished, waiting for its dead letter to be
 -- stored, or unknown; wait_seconds > 0: not now (a retry not yet due, or another attempt's lease
 -- still running). The lock is held all the same.
-SELECT attempt, losses, prev_state, interrupted, failures, started_at, wait_seconds
-FROM relayq_lock_and_claim($1, $2::int, $3::float8);
+SELECT attempt, losses, prev_state, interrupted, failures, started_at, wait_seconds,
+       waited_seconds
+FROM relayq_lock_and_claim($1, $2::int, $3::float8, $4::int);
 
 -- name: claim_unsafely
 -- TEST ONLY (RELAYQ_WORKER_UNSAFE_SKIP_CLAIM): starts an attempt without the job's lock and
@@ -68,7 +69,8 @@ SET state = 'running', attempt_count = attempt_count + 1, updated_at = now(),
     next_attempt_at = NULL, lease_until = now() + make_interval(secs => $2)
 WHERE job_id = $1
 RETURNING attempt_count AS attempt, worker_losses AS losses, 'queued' AS prev_state,
-    false AS interrupted, failures, now() AS started_at, 0::float8 AS wait_seconds;
+    false AS interrupted, failures, now() AS started_at, 0::float8 AS wait_seconds,
+    0::float8 AS waited_seconds;
 
 -- name: renew_lease
 -- The running attempt $2 of job $1 extends its lease to $3 seconds from now, only while the
@@ -110,10 +112,12 @@ WHERE job_id IN (
 SELECT state, attempt_count, result, pending_dead_letter FROM relayq_jobs WHERE job_id = $1;
 
 -- name: mark_dead_lettered
--- dlq-svc stored the dead letter: now, and only now, the job is dead-lettered.
+-- dlq-svc stored the dead letter of attempt $2: now, and only now, the job is dead-lettered.
+-- Only that dead letter: a slow hand-off must not mark a newer one (after a replay) as stored.
 UPDATE relayq_jobs
 SET state = 'dead_lettered', pending_dead_letter = NULL, finished_at = now(), updated_at = now()
-WHERE job_id = $1 AND pending_dead_letter IS NOT NULL;
+WHERE job_id = $1 AND pending_dead_letter IS NOT NULL
+  AND (pending_dead_letter->>'final_attempt')::int = $2;
 
 -- name: complete
 -- Success and its attempt in one round trip, only from the attempt that owns the job (else
@@ -144,7 +148,8 @@ SET worker = EXCLUDED.worker, started_at = EXCLUDED.started_at,
 -- idempotency key. A job that meanwhile succeeded is left alone (and not returned).
 UPDATE relayq_jobs
 SET state = 'queued', enqueued_at = NULL, next_attempt_at = NULL, finished_at = NULL,
-    worker_losses = 0, failures = 0, lease_until = NULL, pending_dead_letter = NULL,
+    worker_losses = 0, failures = 0, interruptions = 0, lease_until = NULL,
+    pending_dead_letter = NULL,
     updated_at = now()
 WHERE job_id = ANY($1::text[]) AND state IN ('dead_lettered', 'queued')
 RETURNING job_id, idempotency_key, task, queue, payload, trace_id;
