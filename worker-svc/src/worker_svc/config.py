@@ -68,6 +68,13 @@ class WorkerSettings(CommonSettings):
         description="A handler still running this long after its time limit (it ignored the "
         "cancellation, or blocks the event loop) is stopped by killing its pool process",
     )
+    dead_peer_seconds: float = Field(
+        20.0,
+        ge=2,
+        description="PostgreSQL drops a worker session whose peer went silent (a partition, a "
+        "host lost) after about this long, releasing its jobs' locks (TCP keepalives and "
+        "tcp_user_timeout on every worker connection)",
+    )
     http_timeout_seconds: float = Field(
         10.0, gt=0, description="Handlers' HTTP client: the longest wait for each read or write"
     )

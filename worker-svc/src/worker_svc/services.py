@@ -59,6 +59,7 @@ def services() -> Services:
                 lease_seconds=settings.lease_seconds,
                 kill_grace_seconds=settings.kill_grace_seconds,
                 unsafe_skip_claim=settings.unsafe_skip_claim,
+                dead_peer_seconds=settings.dead_peer_seconds,
             ),
             http_timeout_seconds=settings.http_timeout_seconds,
             http_connect_timeout_seconds=settings.http_connect_timeout_seconds,
