@@ -21,9 +21,11 @@ import grpc
 import httpx
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
+from structlog.testing import LogCapture
 
 from ingest_svc.outbox import OutboxLimits
 from ingest_svc.submit import JobService
@@ -304,6 +306,43 @@ async def test_broker_down_accepts_at_once_and_never_deletes(database_url: str) 
     finally:
         await publisher.close()
         await pool.close()
+
+
+async def test_the_outbox_logs_in_its_own_context_not_the_first_submits(
+    database_url: str,
+) -> None:
+    """The publishing task is started by a submit, but lives on: its lines must not carry that
+    request's bound fields (a client name, a span's trace id) for ever after."""
+    captured = LogCapture()
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, captured],
+        cache_logger_on_first_use=False,
+    )
+    pool = await create_pool(database_url, max_size=2, session_state=False)
+    publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
+    jobs = JobService(
+        pool, publisher, JobLedger(), outbox=OutboxLimits(retry_max=0.05, shutdown_flush=0.1)
+    )
+    try:
+        with structlog.contextvars.bound_contextvars(client="first-caller"):
+            await jobs.submit([spec(1)])
+        await wait_for(
+            "a failed push",
+            lambda: _true(any(e["event"] == "outbox_publish_failed" for e in captured.entries)),
+            timeout=10,
+        )
+    finally:
+        await jobs.close()
+        await publisher.close()
+        await pool.close()
+        structlog.configure(**old)
+    submitted = [e for e in captured.entries if e["event"] == "job_submitted"]
+    assert submitted and submitted[0]["client"] == "first-caller"
+    outbox = [e for e in captured.entries if e["event"].startswith("outbox_")]
+    assert outbox and not [e for e in outbox if "client" in e], outbox
+    failed = next(e for e in outbox if e["event"] == "outbox_publish_failed")
+    assert failed["jobs"] == 1 and failed["waiting"] == 1, failed  # counted once, not twice
 
 
 async def test_shutdown_publishes_what_waits(database_url: str, private_redis: RedisServer) -> None:

@@ -27,6 +27,7 @@ time the jobs waited in the outbox), or is left to the reconciler.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections import deque
@@ -114,6 +115,7 @@ class Outbox:
         self._failures = 0  # consecutive failed pushes
         self._last_failure_at = 0.0  # monotonic; jobs accepted before it were delayed
         self._first_failure_at = 0.0
+        self._context = contextvars.copy_context()
 
     @property
     def backlog(self) -> int:
@@ -147,7 +149,12 @@ class Outbox:
         self._waiting.extend(entries)
         self._trim()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
+            # In the context the outbox was made in (the process's: its service name bound),
+            # not the first submit's: every line of this long-lived task would carry that
+            # request's span and fields.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="outbox", context=self._context.copy()
+            )
             self._task.add_done_callback(self._stopped)
         self._wake.set()
 
@@ -202,14 +209,14 @@ class Outbox:
         except BaseException as exc:
             # Back at the front, in order: published with the next push (if the broker took
             # some of them before failing, those are sent twice: a no-op at the worker).
+            self._in_flight = []
             self._waiting.extendleft(reversed(batch))
             if not isinstance(exc, Exception):
                 raise  # cancelled: close() gave up
             PUBLISH_SECONDS.observe(time.monotonic() - started)
             self._failed(len(batch), exc)
             return False
-        finally:
-            self._in_flight = []
+        self._in_flight = []
         PUBLISH_SECONDS.observe(time.monotonic() - started)
         self._published(batch)
         return True
