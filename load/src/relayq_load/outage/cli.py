@@ -49,7 +49,7 @@ from relayq_devstack.config import DEFAULT_PORTS, StackConfig, find_repo_root
 from relayq_devstack.ports import free_port
 from relayq_devstack.redis import RedisServer
 from relayq_devstack.stack import Stack
-from relayq_load.outage.submitter import Call, Submitter, summarise
+from relayq_load.outage.submitter import Call, Submitter, summarise, timeline
 
 REPO = find_repo_root(Path(__file__).resolve()) or Path.cwd()
 FAULTS = ("stall", "outage")
@@ -230,6 +230,9 @@ async def run_fault(kind: str, stack: Stack, env: dict[str, str], args: Any) -> 
         "ingest": delta(scrape(ingest_metrics, INGEST_COUNTERS), counters[0]),
         "reconciler": delta(scrape(reconciler_metrics, RECONCILER_COUNTERS), counters[1]),
         "slowest": [_call(c) for c in sorted(submitter.calls, key=lambda c: -c.seconds)[:3]],
+        "injected_s": round(injected, 2),
+        "healed_s": round(healed, 2),
+        "timeline": timeline(submitter.calls),
     }
 
 

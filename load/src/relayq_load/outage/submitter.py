@@ -115,6 +115,17 @@ class Submitter:
             self.calls.append(Call("http", sent - started, took, False, str(reply.status_code)))
 
 
+def timeline(calls: Sequence[Call]) -> list[list[float]]:
+    """Per second since the run started: ``[second, calls sent, answered OK, max latency s]``."""
+    seconds: dict[int, list[float]] = {}
+    for c in calls:
+        row = seconds.setdefault(int(c.sent), [float(int(c.sent)), 0.0, 0.0, 0.0])
+        row[1] += 1
+        row[2] += c.ok
+        row[3] = max(row[3], round(c.seconds, 3))
+    return [seconds[k] for k in sorted(seconds)]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) by the nearest-rank method; 0 for no values."""
     if not values:
