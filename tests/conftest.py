@@ -8,6 +8,7 @@ skips them), so CI cannot go green on a missing service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -115,28 +116,39 @@ def quiet_broker_url(redis_server: RedisServer) -> str:
     return redis_server.url.rsplit("/", 1)[0] + "/9"
 
 
-async def _ingest(database_url: str, broker_url: str, catalog: Catalog) -> AsyncIterator[Ingest]:
+@contextlib.asynccontextmanager
+async def ingest_server(
+    database_url: str, broker_url: str, catalog: Catalog, **options: Any
+) -> AsyncIterator[Ingest]:
+    """An in-process ingest on ``broker_url``; ``options`` go to :class:`JobService`."""
     pool = await create_pool(database_url, max_size=10, session_state=False)  # as ingest's
     publisher = Publisher(broker_url)
-    jobs = JobService(pool, publisher, JobLedger())
+    jobs = JobService(pool, publisher, JobLedger(), **options)
     limits = Limits(max_payload_bytes=64 * 1024, max_payload_depth=32)
     servicer = IngestServicer(jobs, catalog, limits, max_batch=1000)
     running = await start_server([registration(servicer)], "127.0.0.1:0")
     address = f"127.0.0.1:{running.port}"
     channel = grpc.aio.insecure_channel(address)
-    yield Ingest(
-        address=address,
-        jobs=jobs,
-        running=running,
-        channel=channel,
-        stub=ingest_pb2_grpc.IngestServiceStub(channel),
-        http_app=create_app(jobs, catalog, limits),
-    )
-    await channel.close(None)
-    await running.stop(0)
-    await jobs.close()
-    await pool.close()
-    await publisher.close()
+    try:
+        yield Ingest(
+            address=address,
+            jobs=jobs,
+            running=running,
+            channel=channel,
+            stub=ingest_pb2_grpc.IngestServiceStub(channel),
+            http_app=create_app(jobs, catalog, limits),
+        )
+    finally:
+        await channel.close(None)
+        await running.stop(0)
+        await jobs.close()
+        await pool.close()
+        await publisher.close()
+
+
+async def _ingest(database_url: str, broker_url: str, catalog: Catalog) -> AsyncIterator[Ingest]:
+    async with ingest_server(database_url, broker_url, catalog) as handle:
+        yield handle
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -238,6 +250,17 @@ def worker(
         yield proc
     finally:
         proc.stop(timeout=15)
+
+
+async def outbox_drained(ingest: Ingest, timeout: float = 10.0) -> None:
+    """Waits until ``ingest`` has handed every job it accepted to the broker (its outbox
+    publishes after the answer)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while ingest.jobs.outbox.backlog:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{ingest.jobs.outbox.backlog} jobs still unpublished after {timeout} s"
+        )
+        await asyncio.sleep(0.005)
 
 
 def broker_messages(redis_url: str, queue: str) -> list[dict[str, Any]]:

@@ -58,6 +58,8 @@ RECONCILER_ENV = {
     "RELAYQ_RECONCILER_DEAD_LETTER_GRACE_SECONDS": "15",
     "RELAYQ_RECONCILER_UNPUBLISHED_AFTER_SECONDS": "20",
 }
+#: The outbox gives a job up no later than the reconciler takes it over (see ingest's outbox.py).
+INGEST_ENV = {"RELAYQ_INGEST_OUTBOX_MAX_AGE_SECONDS": "20"}
 
 
 class ChaosStack:
@@ -110,6 +112,8 @@ class ChaosStack:
                 )
             if spec.group == "reconciler":
                 env |= RECONCILER_ENV
+            if spec.group == "ingest":
+                env |= INGEST_ENV
             specs.append(dataclasses.replace(spec, env=env))
         self.specs = {s.name: s for s in specs}
         return specs

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from relayq.v1 import ingest_pb2, job_pb2
-from tests.conftest import Ingest, broker_messages
+from tests.conftest import Ingest, broker_messages, outbox_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -29,11 +29,13 @@ async def ledger_row_count(ingest: Ingest, job_id: str) -> int:
 
 
 async def test_submit_records_and_enqueues_once(ingest: Ingest, quiet_broker_url: str) -> None:
+    await outbox_drained(ingest)
     before = len(broker_messages(quiet_broker_url, "default"))
     reply = await ingest.stub.SubmitJob(request(payload={"to": "a@example.com"}))
     assert uuid.UUID(reply.job_id)
     assert reply.idempotency_key == reply.job_id
     assert reply.state == job_pb2.JOB_STATE_QUEUED and not reply.duplicate
+    await outbox_drained(ingest)  # published after the answer
     messages = broker_messages(quiet_broker_url, "default")
     assert len(messages) == before + 1
     sent = messages[0]  # LPUSH: newest first
@@ -64,11 +66,13 @@ async def test_submit_records_and_enqueues_once(ingest: Ingest, quiet_broker_url
 async def test_bad_input_is_invalid_argument_and_enqueues_nothing(
     ingest: Ingest, quiet_broker_url: str, req: ingest_pb2.SubmitJobRequest, message: str
 ) -> None:
+    await outbox_drained(ingest)
     before = broker_messages(quiet_broker_url, "default")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ingest.stub.SubmitJob(req)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (err.value.details() or "")
+    await outbox_drained(ingest)
     assert broker_messages(quiet_broker_url, "default") == before
     if req.job_id:
         assert await ledger_row_count(ingest, req.job_id) == 0
@@ -82,6 +86,7 @@ async def test_get_unknown_job_is_not_found(ingest: Ingest) -> None:
 
 
 async def test_batch_answers_each_item_in_order(ingest: Ingest, quiet_broker_url: str) -> None:
+    await outbox_drained(ingest)
     before = len(broker_messages(quiet_broker_url, "default"))
     reply = await ingest.stub.SubmitJobs(
         ingest_pb2.SubmitJobsRequest(
@@ -96,6 +101,7 @@ async def test_batch_answers_each_item_in_order(ingest: Ingest, quiet_broker_url
     assert [r.WhichOneof("outcome") for r in reply.results] == ["job", "error", "job"]
     assert reply.results[1].error.code == "INVALID_ARGUMENT"
     assert "demo.nope" in reply.results[1].error.message
+    await outbox_drained(ingest)
     assert len(broker_messages(quiet_broker_url, "default")) == before + 2
 
 
@@ -112,9 +118,11 @@ async def test_same_key_same_payload_returns_the_first_job(
 ) -> None:
     key = f"order-{uuid.uuid4()}"
     first = await ingest.stub.SubmitJob(request(payload={"a": 1}, idempotency_key=key))
+    await outbox_drained(ingest)
     count = len(broker_messages(quiet_broker_url, "default"))
     again = await ingest.stub.SubmitJob(request(payload={"a": 1}, idempotency_key=key))
     assert again.duplicate and again.job_id == first.job_id
+    await outbox_drained(ingest)
     assert len(broker_messages(quiet_broker_url, "default")) == count
 
 
@@ -123,9 +131,11 @@ async def test_same_key_other_payload_is_already_exists(
 ) -> None:
     key = f"order-{uuid.uuid4()}"
     first = await ingest.stub.SubmitJob(request(payload={"a": 1}, idempotency_key=key))
+    await outbox_drained(ingest)
     count = len(broker_messages(quiet_broker_url, "default"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ingest.stub.SubmitJob(request(payload={"a": 2}, idempotency_key=key))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert f'"{key}" was already used for job "{first.job_id}"' in (err.value.details() or "")
+    await outbox_drained(ingest)
     assert len(broker_messages(quiet_broker_url, "default")) == count

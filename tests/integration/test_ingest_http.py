@@ -9,7 +9,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Ingest, broker_messages
+from tests.conftest import Ingest, broker_messages, outbox_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -44,14 +44,20 @@ async def test_submit_then_get(http: httpx.AsyncClient) -> None:
     ],
 )
 async def test_bad_input_is_422_and_enqueues_nothing(
-    http: httpx.AsyncClient, quiet_broker_url: str, body: dict[str, object], message: str
+    http: httpx.AsyncClient,
+    ingest: Ingest,
+    quiet_broker_url: str,
+    body: dict[str, object],
+    message: str,
 ) -> None:
+    await outbox_drained(ingest)
     before = broker_messages(quiet_broker_url, "default")
     reply = await http.post("/v1/jobs", json=body)
     assert reply.status_code == 422, reply.text
     error = reply.json()["error"]
     assert error["code"] == "INVALID_ARGUMENT"
     assert message in error["message"]
+    await outbox_drained(ingest)
     assert broker_messages(quiet_broker_url, "default") == before
 
 

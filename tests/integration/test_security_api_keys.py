@@ -23,7 +23,7 @@ from ingest_svc.validation import Limits
 from relayq.v1 import ingest_pb2, ingest_pb2_grpc
 from relayq_core.catalog import Catalog
 from relayq_core.grpc_server import start_server
-from tests.conftest import Ingest, broker_messages
+from tests.conftest import Ingest, broker_messages, outbox_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -90,10 +90,12 @@ def metadata(key: str) -> tuple[tuple[str, str], ...]:
 )
 async def test_grpc_refuses_without_a_valid_key_and_enqueues_nothing(
     keyed: Keyed,
+    ingest: Ingest,
     quiet_broker_url: str,
     sent: tuple[tuple[str, str], ...],
     code: grpc.StatusCode,
 ) -> None:
+    await outbox_drained(ingest)  # what earlier tests accepted is in the broker
     before = len(broker_messages(quiet_broker_url, "default"))
     for call in (
         keyed.stub.SubmitJob(submit(), metadata=sent),
@@ -103,6 +105,7 @@ async def test_grpc_refuses_without_a_valid_key_and_enqueues_nothing(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == code
+    await outbox_drained(ingest)
     assert len(broker_messages(quiet_broker_url, "default")) == before
 
 
@@ -155,8 +158,14 @@ async def test_health_and_reflection_stay_open(keyed: Keyed) -> None:
     ],
 )
 async def test_http_refuses_without_a_valid_key(
-    keyed: Keyed, quiet_broker_url: str, headers: dict[str, str], status: int, code: str
+    keyed: Keyed,
+    ingest: Ingest,
+    quiet_broker_url: str,
+    headers: dict[str, str],
+    status: int,
+    code: str,
 ) -> None:
+    await outbox_drained(ingest)
     before = len(broker_messages(quiet_broker_url, "default"))
     for reply in (
         await keyed.http.post("/v1/jobs", json={"task": "demo.echo"}, headers=headers),
@@ -166,6 +175,7 @@ async def test_http_refuses_without_a_valid_key(
         assert reply.status_code == status, reply.text
         error: dict[str, Any] = reply.json()["error"]
         assert error["code"] == code and error["message"]
+    await outbox_drained(ingest)
     assert len(broker_messages(quiet_broker_url, "default")) == before
 
 

@@ -28,8 +28,35 @@ class IngestSettings(CommonSettings):
         description="Largest request either door accepts (gRPC message, HTTP body)",
     )
     db_pool_size: int = Field(10, gt=0)
-    republish_after_seconds: float = Field(
-        10.0, gt=0, description="A re-submit publishes a never-enqueued job again after this"
+    outbox_max_jobs: int = Field(
+        20_000,
+        gt=0,
+        description="Accepted jobs waiting for the broker beyond which the oldest are left to "
+        "the reconciler (memory bound while Redis is down)",
+    )
+    outbox_max_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="The same bound, in bytes of encoded messages"
+    )
+    outbox_max_age_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A job not published after this long is left to the reconciler; keep it at "
+        "or below RELAYQ_RECONCILER_UNPUBLISHED_AFTER_SECONDS",
+    )
+    publish_batch: int = Field(
+        1000, gt=0, le=10_000, description="Most messages in one pipelined push to Redis"
+    )
+    publish_timeout_seconds: float = Field(
+        5.0, gt=0, description="A push Redis has not answered by then counts as failed"
+    )
+    publish_retry_max_seconds: float = Field(
+        5.0, gt=0, description="Longest wait between pushes while Redis fails (capped backoff)"
+    )
+    shutdown_publish_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, how long to keep publishing what waits; the rest is the "
+        "reconciler's",
     )
     enqueue_mark_interval_seconds: float = Field(
         0.05,

@@ -13,6 +13,7 @@ from ingest_svc.auth import ApiKeyInterceptor, load_api_keys
 from ingest_svc.config import IngestSettings
 from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
+from ingest_svc.outbox import OutboxLimits
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits
 from relayq_core.catalog import load_catalog
@@ -49,7 +50,15 @@ async def serve(settings: IngestSettings) -> None:
         pool,
         publisher,
         JobLedger(),
-        republish_after_seconds=settings.republish_after_seconds,
+        outbox=OutboxLimits(
+            max_jobs=settings.outbox_max_jobs,
+            max_bytes=settings.outbox_max_bytes,
+            max_age=settings.outbox_max_age_seconds,
+            batch=settings.publish_batch,
+            publish_timeout=settings.publish_timeout_seconds,
+            retry_max=settings.publish_retry_max_seconds,
+            shutdown_flush=settings.shutdown_publish_seconds,
+        ),
         mark_interval_seconds=settings.enqueue_mark_interval_seconds,
     )
     servicer = IngestServicer(jobs, catalog, limits, settings.max_batch)
@@ -94,7 +103,7 @@ async def serve(settings: IngestSettings) -> None:
     async def on_stop() -> None:
         http.should_exit = True
         await http_task
-        await jobs.close()
+        await jobs.close()  # publishes what the outbox holds (bounded), writes the marks
         await pool.close()
         await publisher.close()
 

@@ -1,16 +1,16 @@
 """Noting in the ledger that the broker has jobs' messages (``enqueued_at``), in batches, off
 the submit's path.
 
-A submit answers once its job is in the ledger and its message in Redis: one PostgreSQL commit.
-The mark that follows only serves recovery (a re-submit of a never-published job publishes it
-again after ``republish_after_seconds``; the reconciler's never-published rule after two
-minutes; the oldest-queued gauge), so it needs to land within seconds, not before the answer.
-Marks are collected and written with one ``UPDATE`` every ``interval`` (default 50 ms): under
-load that is one statement and one commit for hundreds of submits instead of one each.
+A submit answers once its job is in the ledger (one PostgreSQL commit); the outbox
+(outbox.py) publishes it soon after and hands its id here. The mark only serves recovery (the
+reconciler's never-published rule, after ``unpublished_after_seconds``; the oldest-queued
+gauge), so it needs to land within seconds. Marks are collected and written with one ``UPDATE``
+every ``interval`` (default 50 ms): under load that is one statement and one commit for
+hundreds of jobs instead of one each.
 
 If ingest dies with marks not yet written, those jobs look never-published: the reconciler
-publishes them again after two minutes, and the second message is a duplicate delivery, which
-a worker's claim turns into a no-op. If the ledger is unreachable, marks are kept and retried.
+publishes them again, and the second message is a duplicate delivery, which a worker's claim
+turns into a no-op. If the ledger is unreachable, marks are kept and retried.
 """
 
 from __future__ import annotations

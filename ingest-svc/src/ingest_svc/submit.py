@@ -1,10 +1,14 @@
 """Submitting and looking up jobs: the logic behind both front doors.
 
-A submit records the job in the Postgres ledger first (the idempotency key is a unique
-constraint, so racing submits resolve there), then publishes it, answers, and notes soon after
-that the broker has it (``enqueued_at``, written in batches: marks.py). A re-submit of the
-same key with the same task and payload returns the first job and publishes nothing, unless
-the first publish never completed, in which case it publishes again.
+A submit records the job in the Postgres ledger (the idempotency key is a unique constraint,
+so racing submits resolve there) and answers once that commit is done: the job is accepted,
+and will be published. Publishing happens in the background (outbox.py), and the reconciler
+publishes whatever this process does not. Redis is never on the submit's path: a broker outage
+delays jobs, it never refuses, deletes or holds up a submit. The only infrastructure refusal is
+the ledger's (``UNAVAILABLE``).
+
+A re-submit of the same key with the same task and payload returns the first job and publishes
+nothing, whether or not the first has reached the broker yet: it will.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncpg
 
 from ingest_svc.marks import EnqueueMarks
 from ingest_svc.metrics import JOBS_SUBMITTED
+from ingest_svc.outbox import Outbox, OutboxLimits
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS, ExistingJob, JobLedger
 from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
 from relayq_core.jobs import JobRecord, JobSpec, JobState, SubmitResult
@@ -56,7 +61,7 @@ def _match(
 
 
 class JobService:
-    """Submit and GetJob over the ledger and the broker."""
+    """Submit and GetJob over the ledger; the broker is the outbox's business."""
 
     def __init__(
         self,
@@ -64,23 +69,25 @@ class JobService:
         publisher: Publisher,
         ledger: JobLedger,
         *,
-        republish_after_seconds: float = 10.0,
+        outbox: OutboxLimits | None = None,
         mark_interval_seconds: float = 0.05,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._ledger = ledger
-        self._republish_after = republish_after_seconds
         self._marks = EnqueueMarks(pool, ledger, mark_interval_seconds)
+        self.outbox = Outbox(publisher, self._marks, outbox)
 
     async def close(self) -> None:
-        """Writes the marks still pending (call before closing the pool)."""
+        """Publishes what the outbox holds (for a bounded time), then writes the marks still
+        pending (call after the servers stopped, before closing the pool and the publisher)."""
+        await self.outbox.close()
         await self._marks.close()
 
     async def submit(
         self, specs: Sequence[JobSpec], *, generated_ids: set[str] | None = None
     ) -> list[SubmitResult | RelayqError]:
-        """Records and enqueues each job; the answer for each, in order.
+        """Records each job, to be published; the answer for each, in order.
 
         ``generated_ids`` are job ids the server made up (not the client's): a re-submit of a key
         never conflicts over them.
@@ -104,6 +111,9 @@ class JobService:
         for n, spec in enumerate(specs):
             if spec.job_id in inserted:
                 first.setdefault(spec.job_id, n)
+        # The insert has committed: these jobs are accepted, whatever happens next (even if
+        # the lookup below fails and this call answers UNAVAILABLE: a retry finds them).
+        self.outbox.add([specs[n] for n in sorted(first.values())])
         others = [s for n, s in enumerate(specs) if first.get(s.job_id) != n]
         existing = (
             await self._ledger.find_existing(
@@ -116,8 +126,6 @@ class JobService:
         )
 
         results: list[SubmitResult | RelayqError] = []
-        to_publish: list[JobSpec] = []
-        unpublished: dict[str, JobSpec] = {}
         for n, spec in enumerate(specs):
             if first.get(spec.job_id) == n:
                 results.append(
@@ -129,7 +137,6 @@ class JobService:
                         duplicate=False,
                     )
                 )
-                to_publish.append(spec)
                 continue
             relevant = [
                 e
@@ -137,43 +144,9 @@ class JobService:
                 if e.idempotency_key == spec.idempotency_key
                 or (e.job_id == spec.job_id and spec.job_id not in generated)
             ]
-            outcome = _match(spec, relevant, client_named_job_id=spec.job_id not in generated)
-            if isinstance(outcome, SubmitResult):
-                found = next(e for e in relevant if e.idempotency_key == spec.idempotency_key)
-                if not found.enqueued and found.state is JobState.QUEUED:
-                    unpublished[found.job_id] = JobSpec(
-                        found.job_id,
-                        found.idempotency_key,
-                        spec.task,
-                        found.queue,
-                        spec.payload,
-                        spec.trace_id,
-                    )
-            results.append(outcome)
-        new_ids = [s.job_id for s in to_publish]
-        candidates = [j for j in unpublished if j not in first]
-        if candidates:
-            # The first submit recorded these but never saw the broker accept them (it failed
-            # or died midway). One caller, after a grace period, publishes them again.
-            again = await self._ledger.claim_republish(conn, candidates, self._republish_after)
-            to_publish.extend(unpublished[j] for j in candidates if j in again)
-
-        try:
-            await self._publisher.publish(to_publish)
-        except Exception as exc:  # redis raises many types; all mean "not enqueued"
-            await self._forget(conn, new_ids)
-            log.warning("publish_failed", jobs=len(to_publish), error=type(exc).__name__)
-            failed = {s.job_id for s in to_publish}
-            unavailable = Unavailable(
-                f"the broker is unavailable ({type(exc).__name__}); retry with the same "
-                "idempotency_key"
-            )
-            return [
-                unavailable if isinstance(r, SubmitResult) and r.job_id in failed else r
-                for r in results
-            ]
-        # Written in batches, after the answer (marks.py): the submit's one commit is the insert.
-        self._marks.add(s.job_id for s in to_publish)
+            # A duplicate publishes nothing, even if the first is not in the broker yet: its
+            # submit's outbox, or else the reconciler, publishes it.
+            results.append(_match(spec, relevant, client_named_job_id=spec.job_id not in generated))
         self._log(specs, results)
         return results
 
@@ -191,15 +164,6 @@ class JobService:
                     label = "rejected"
                     log.info("job_refused", code=result.code.name, reason=result.message)
                 JOBS_SUBMITTED.labels(task=spec.task, queue=spec.queue, outcome=label).inc()
-
-    async def _forget(self, conn: asyncpg.Connection, job_ids: list[str]) -> None:
-        """Removes jobs this call recorded but could not enqueue, so the refusal is honest."""
-        if not job_ids:
-            return
-        try:
-            await self._ledger.forget_unpublished(conn, job_ids)
-        except _DB_ERRORS:
-            log.warning("forget_unpublished_failed", jobs=len(job_ids))
 
     async def get_job(self, job_id: str) -> JobRecord:
         """The job with its attempts; NotFound when the ledger has no such job."""

@@ -1,9 +1,10 @@
 """Hands jobs to Celery by task name, without importing any worker code.
 
-Used by ingest (submits), dlq-svc (replays) and the reconciler. A call encodes its messages
+Used by ingest (its outbox), dlq-svc (replays) and the reconciler. A call encodes its messages
 (:mod:`relayq_core.envelope`) and pushes them with one pipelined ``LPUSH`` per call, on the
 event loop (redis-py's asyncio client): no Celery producer, no thread hop, one round trip for
-a batch of any size.
+a batch of any size. Ingest encodes at submit time (the trace context is the submit's) and
+pushes later (:meth:`Publisher.push`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -53,11 +55,27 @@ def job_message(spec: JobSpec, failures: int = 0) -> dict[str, Any]:
     return message
 
 
-def trace_headers() -> dict[str, str]:
-    """The current trace context as message headers (empty outside a span)."""
+def trace_headers(context: Context | None = None) -> dict[str, str]:
+    """The trace context (``context``, or the current one) as message headers (empty outside a
+    span)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
+
+
+def publish_span(count: int) -> trace.Span:
+    """The producer span of ``count`` messages (``publish``), started but not current (make it
+    current with ``trace.use_span``, or inject it with :func:`trace_headers`). The spans of the
+    workers that run the messages are its children."""
+    return _tracer.start_span(
+        "publish",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "redis",
+            "messaging.operation": "publish",
+            "messaging.batch.message_count": count,
+        },
+    )
 
 
 class Publisher:
@@ -101,20 +119,24 @@ class Publisher:
         if not specs:
             return
         failures = failures or {}
-        with _tracer.start_as_current_span(
-            "publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "redis",
-                "messaging.operation": "publish",
-                "messaging.batch.message_count": len(specs),
-            },
-        ):
+        with trace.use_span(publish_span(len(specs)), end_on_exit=True):
             headers = trace_headers()
-            pipe = self._redis.pipeline(transaction=False)
-            for spec in specs:
-                pipe.lpush(spec.queue, self.encode(spec, failures.get(spec.job_id, 0), headers))
-            await pipe.execute()
+            await self.push(
+                [
+                    (spec.queue, self.encode(spec, failures.get(spec.job_id, 0), headers))
+                    for spec in specs
+                ]
+            )
+
+    async def push(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Pushes encoded messages, ``(queue, message)``, in one pipeline, or raises (the
+        broker's error) for the whole batch; some may have been pushed even then."""
+        if not messages:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for queue, message in messages:
+            pipe.lpush(queue, message)
+        await pipe.execute()
 
     async def ping(self) -> None:
         """Raises when the broker cannot be reached (readiness)."""

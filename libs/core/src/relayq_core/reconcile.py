@@ -49,8 +49,11 @@ Every ``interval_seconds`` (one ``GET`` and one index probe):
   once per loss, nothing otherwise. Retries and abandoned deliveries follow with the next
   cutoffs.
 - **Never published**: ``queued`` jobs with no ``enqueued_at`` older than
-  ``unpublished_after_seconds`` (ingest died between the ledger and the broker and no client
-  re-submitted). Longer than any publish can take, so a refusal stays a refusal.
+  ``unpublished_after_seconds``. A submit answers once its job is in the ledger; ingest's
+  outbox publishes it in the background, and gives up on a job (leaving it to this rule) when
+  it waited longer than the outbox's max age (Redis down) or the backlog is full, or when
+  ingest stops or dies first. Keep this at or above ``RELAYQ_INGEST_OUTBOX_MAX_AGE_SECONDS``
+  (both 60 s by default), so the rule takes over what ingest gave up rather than racing it.
 
 Each job re-published is logged (``job_requeued``, with its ``job_id`` and
 ``idempotency_key``) and counted in ``relayq_reconciler_requeued_total{reason}``. A failed cycle
@@ -147,7 +150,10 @@ class ReconcilerSettings(CommonSettings):
         "above the workers' longest wait between reports (RELAYQ_WORKER_DLQ_RETRY_MAX_SECONDS)",
     )
     unpublished_after_seconds: float = Field(
-        120.0, gt=0, description="A submit never published after this long is published"
+        60.0,
+        gt=0,
+        description="A submit never published after this long is published; at or above "
+        "ingest's RELAYQ_INGEST_OUTBOX_MAX_AGE_SECONDS",
     )
     batch_size: int = Field(500, gt=0, le=10_000, description="Jobs claimed per statement")
     statement_timeout_seconds: float = Field(
@@ -176,7 +182,7 @@ class Deadlines:
     retry: float = 60.0
     abandoned: float = 60.0
     dead_letter: float = 120.0
-    unpublished: float = 120.0
+    unpublished: float = 60.0
 
     @classmethod
     def all(cls, seconds: float) -> Deadlines:

@@ -149,7 +149,6 @@ class ExistingJob:
     queue: str
     fingerprint: bytes
     state: JobState
-    enqueued: bool
 
 
 def _attempt(row: asyncpg.Record) -> AttemptRecord:
@@ -208,7 +207,6 @@ class JobLedger:
                 queue=r["queue"],
                 fingerprint=bytes(r["fingerprint"]),
                 state=JobState(r["state"]),
-                enqueued=r["enqueued_at"] is not None,
             )
             for r in rows
         ]
@@ -217,15 +215,6 @@ class JobLedger:
         """Notes that the broker accepted these jobs' messages."""
         if job_ids:
             await db.execute(_Q["mark_enqueued"], list(job_ids))
-
-    async def claim_republish(
-        self, db: Executor, job_ids: Sequence[str], after_seconds: float
-    ) -> set[str]:
-        """Of these never-enqueued jobs, the ones this caller should publish again (see SQL)."""
-        if not job_ids:
-            return set()
-        rows = await db.fetch(_Q["claim_republish"], list(job_ids), after_seconds)
-        return {r["job_id"] for r in rows}
 
     async def reopen_for_replay(self, db: Executor, job_ids: Sequence[str]) -> list[JobSpec]:
         """Queues dead-lettered jobs again (see SQL); the specs to publish."""
@@ -262,11 +251,6 @@ class JobLedger:
         """Counts of unfinished jobs an operator should look at (see ledger.sql)."""
         row = await db.fetchrow(_Q["attention_counts"])
         return {k: int(v) for k, v in dict(row or {}).items()}
-
-    async def forget_unpublished(self, db: Executor, job_ids: Sequence[str]) -> None:
-        """Deletes jobs recorded by a submit whose publish failed (see ledger.sql)."""
-        if job_ids:
-            await db.execute(_Q["forget_unpublished"], list(job_ids))
 
     async def get_job(self, db: Executor, job_id: str) -> JobRecord | None:
         """The job with its attempts, or None."""

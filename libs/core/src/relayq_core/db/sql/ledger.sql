@@ -11,28 +11,14 @@ RETURNING job_id;
 
 -- name: find_existing
 -- The recorded jobs that hold any of these keys or job ids.
-SELECT job_id, idempotency_key, task, queue, fingerprint, state, enqueued_at
+SELECT job_id, idempotency_key, task, queue, fingerprint, state
 FROM relayq_jobs
 WHERE idempotency_key = ANY($1::text[]) OR job_id = ANY($2::text[]);
 
 -- name: mark_enqueued
+-- The broker has these jobs' messages (ingest's outbox pushed them; written in batches).
 UPDATE relayq_jobs SET enqueued_at = now()
 WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL;
-
--- name: claim_republish
--- A re-submit found the job recorded but never acknowledged by the broker. Only when the last
--- publish attempt (updated_at) is older than $2 seconds may one caller publish again: a submit
--- still in flight, or a racing duplicate, publishes nothing.
-UPDATE relayq_jobs SET updated_at = now()
-WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL AND state = 'queued'
-  AND updated_at < now() - make_interval(secs => $2)
-RETURNING job_id;
-
--- name: forget_unpublished
--- Undoes a submit whose publish failed (the client is told UNAVAILABLE), unless someone has
--- already enqueued or run the job meanwhile.
-DELETE FROM relayq_jobs
-WHERE job_id = ANY($1::text[]) AND enqueued_at IS NULL AND state = 'queued';
 
 -- name: get_job
 SELECT * FROM relayq_jobs WHERE job_id = $1;
@@ -271,8 +257,9 @@ WHERE j.job_id = picked.job_id
 RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
 
 -- name: requeue_unpublished
--- Submits recorded more than $1 seconds ago whose publish never completed (ingest died between
--- the ledger insert and the broker) and that no client re-submitted.
+-- Submits recorded more than $1 seconds ago that ingest never published: it died with them in
+-- its outbox, or left them to this rule (Redis down longer than the outbox's max age, or its
+-- backlog full).
 WITH picked AS (
     SELECT job_id FROM relayq_jobs
     WHERE state = 'queued' AND enqueued_at IS NULL
