@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
@@ -25,9 +26,9 @@ from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits
-from relayq.v1 import ingest_pb2_grpc
+from relayq.v1 import dead_letter_pb2_grpc, ingest_pb2_grpc
 from relayq_core.catalog import Catalog, load_catalog
-from relayq_core.db.ledger import JobLedger, create_pool
+from relayq_core.db.ledger import JobLedger, connect, create_pool
 from relayq_core.db.migrate import migrate_ledger
 from relayq_core.grpc_server import RunningServer, start_server
 from relayq_core.publish import Publisher
@@ -261,6 +262,23 @@ async def outbox_drained(ingest: Ingest, timeout: float = 10.0) -> None:
             f"{ingest.jobs.outbox.backlog} jobs still unpublished after {timeout} s"
         )
         await asyncio.sleep(0.005)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def observer(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the session's ledger, for reading what a test's deliveries did."""
+    conn = await connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def dlq_client(
+    dlq_server: DlqServer,
+) -> AsyncIterator[dead_letter_pb2_grpc.DeadLetterServiceAsyncStub]:
+    """A gRPC client of the session's dlq-svc (the one the test worker reports to)."""
+    async with grpc.aio.insecure_channel(dlq_server.address) as channel:
+        yield dead_letter_pb2_grpc.DeadLetterServiceStub(channel)
 
 
 def broker_messages(redis_url: str, queue: str) -> list[dict[str, Any]]:

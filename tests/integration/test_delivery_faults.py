@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,8 +27,9 @@ import pytest_asyncio
 import requests
 
 from relayq_core.db.ledger import JobLedger, connect
-from relayq_core.jobs import JobSpec, JobState
+from relayq_core.jobs import JobState
 from relayq_core.retry import RetryPolicy
+from tests.integration.delivery_support import new_job
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import (
     DeadLetter,
@@ -51,13 +51,6 @@ POLICY = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, max_retries
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def observer(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
 async def runtime(database_url: str) -> AsyncIterator[Runtime]:
     rt = Runtime(database_url, DeliveryLimits(lock_wait_seconds=0.5))
     yield rt
@@ -75,12 +68,6 @@ async def deliver(
         except Deferred as exc:
             assert exc.countdown is not None and exc.countdown < 1, str(exc)
             await asyncio.sleep(exc.countdown)
-
-
-async def new_job(conn: asyncpg.Connection, task: str = "demo.echo") -> Delivery:
-    job_id = f"faults-{uuid.uuid4()}"
-    await LEDGER.insert_jobs(conn, [JobSpec(job_id, job_id, task, "default", {})])
-    return Delivery(task, job_id, job_id, {}, "faults-worker")
 
 
 def raising(make: Callable[[], BaseException]) -> Any:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
-from relayq_core.db.ledger import JobLedger, connect
+from relayq_core.db.ledger import JobLedger
 from relayq_core.errors import JobError
-from relayq_core.jobs import JobSpec
 from relayq_core.retry import RetryPolicy
+from tests.integration.delivery_support import Kills, new_job
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import (
     DeadLetter,
@@ -39,34 +36,10 @@ LEDGER = JobLedger()
 POLICY = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, max_retries=2, jitter=0.0)
 
 
-class Kills:
-    """Stands in for ``kill_this_process``: records the supervisor's kills instead."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> None:
-        self.count += 1
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def observer(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect(database_url)
-    yield conn
-    await conn.close()
-
-
 def make_runtime(database_url: str, **limits: Any) -> tuple[Runtime, Kills]:
     kills = Kills()
     limits.setdefault("lock_wait_seconds", 0.5)
     return Runtime(database_url, DeliveryLimits(**limits), kill=kills), kills
-
-
-async def new_job(conn: asyncpg.Connection, task: str = "demo.echo") -> Delivery:
-    job_id = f"review-{uuid.uuid4()}"
-    await LEDGER.insert_jobs(conn, [JobSpec(job_id, job_id, task, "default", {})])
-    await LEDGER.mark_enqueued(conn, [job_id])
-    return Delivery(task, job_id, job_id, {}, "review-worker")
 
 
 async def echo(ctx: JobContext, payload: JsonObject) -> Any:

@@ -8,47 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 import pytest
-import pytest_asyncio
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, ingest_pb2, job_pb2
 from relayq_core.retry import load_policies
 from relayq_core.settings import repo_root
 from tests.conftest import DlqServer, Ingest
+from tests.integration.jobs import finish, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 POLICY = load_policies(repo_root() / "tests" / "data" / "retry-fast.toml").default
-TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD_LETTERED)
-
-
-def request(task: str, payload: dict[str, Any]) -> ingest_pb2.SubmitJobRequest:
-    struct = struct_pb2.Struct()
-    struct.update(payload)
-    return ingest_pb2.SubmitJobRequest(task=task, payload=struct)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def dlq(
-    dlq_server: DlqServer,
-) -> AsyncIterator[dead_letter_pb2_grpc.DeadLetterServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(dlq_server.address) as channel:
-        yield dead_letter_pb2_grpc.DeadLetterServiceStub(channel)
-
-
-async def finish(ingest: Ingest, job_id: str, timeout: float = 60) -> job_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = (await ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=job_id))).job
-        if job.state in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"still {job_pb2.JobState.Name(job.state)}: {job}"
-        await asyncio.sleep(0.1)
 
 
 async def test_flaky_succeeds_on_attempt_4_after_three_jittered_retries(
@@ -70,7 +42,7 @@ async def test_flaky_succeeds_on_attempt_4_after_three_jittered_retries(
 
 
 async def test_retryable_failure_dead_letters_after_max_retries_plus_one(
-    live_ingest: Ingest, dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
+    live_ingest: Ingest, dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
 ) -> None:
     reply = await live_ingest.stub.SubmitJob(
         request("demo.fail", {"permanent": False, "message": "smtp timeout"})
@@ -82,7 +54,7 @@ async def test_retryable_failure_dead_letters_after_max_retries_plus_one(
     assert [a.outcome for a in job.attempts] == ["failed"] * attempts
     assert [a.countdown_seconds > 0 for a in job.attempts] == [True] * (attempts - 1) + [False]
     entry = (
-        await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
     ).dead_letter
     assert entry.reason == "retries_exhausted" and entry.status == "active"
     assert entry.error_type == "JobError" and entry.error_message == "smtp timeout"
@@ -96,7 +68,7 @@ async def test_retryable_failure_dead_letters_after_max_retries_plus_one(
 
 
 async def test_permanent_failure_dead_letters_after_one_attempt(
-    live_ingest: Ingest, dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
+    live_ingest: Ingest, dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
 ) -> None:
     reply = await live_ingest.stub.SubmitJob(
         request("demo.fail", {"permanent": True, "message": "card declined"})
@@ -104,13 +76,13 @@ async def test_permanent_failure_dead_letters_after_one_attempt(
     job = await finish(live_ingest, reply.job_id)
     assert job.state == job_pb2.JOB_STATE_DEAD_LETTERED and job.attempt_count == 1
     entry = (
-        await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
     ).dead_letter
     assert entry.reason == "permanent_error" and entry.error_message == "card declined"
 
 
 async def test_poison_job_dead_letters_as_worker_lost(
-    live_ingest: Ingest, dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
+    live_ingest: Ingest, dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
 ) -> None:
     reply = await live_ingest.stub.SubmitJob(request("demo.crash", {}))
     job = await finish(live_ingest, reply.job_id, timeout=90)
@@ -118,7 +90,7 @@ async def test_poison_job_dead_letters_as_worker_lost(
     assert job.worker_losses == POLICY.max_worker_losses == 2
     assert [a.outcome for a in job.attempts] == ["worker_lost", "worker_lost", "dead_lettered"]
     entry = (
-        await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
     ).dead_letter
     assert entry.reason == "worker_lost" and entry.error_type == "WorkerLost"
     # The worker survived its children's deaths and still runs jobs.
@@ -129,7 +101,7 @@ async def test_poison_job_dead_letters_as_worker_lost(
 async def test_dlq_down_for_a_while_still_stores_the_dead_letter(
     live_ingest: Ingest,
     dlq_server: DlqServer,
-    dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
+    dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
 ) -> None:
     dlq_server.stop()
     try:
@@ -151,6 +123,6 @@ async def test_dlq_down_for_a_while_still_stores_the_dead_letter(
     job = await finish(live_ingest, reply.job_id, timeout=60)
     assert job.state == job_pb2.JOB_STATE_DEAD_LETTERED
     entry = (
-        await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
     ).dead_letter
     assert entry.error_message == "while dlq is down" and entry.dead_letter_count == 1

@@ -8,55 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from relayq_core.db.ledger import JobLedger, connect
 from relayq_core.deadletter import DeadLetterReport
 from relayq_core.errors import JobError
-from relayq_core.jobs import JobSpec
 from relayq_core.retry import RetryPolicy
+from tests.integration.delivery_support import Kills, new_job
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.handoff import hand_off
-from worker_svc.runner import DeadLetter, Deferred, Delivery, Done, handle
+from worker_svc.runner import DeadLetter, Deferred, Done, handle
 from worker_svc.runtime import DeliveryLimits, Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 LEDGER = JobLedger()
 POLICY = RetryPolicy(base_delay_seconds=0.05, max_delay_seconds=0.2, max_retries=2, jitter=0.0)
-
-
-class Kills:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> None:
-        # A real kill ends the process at the first call; this stand-in returns, and the
-        # supervisor would call it again at once: keep that loop slow.
-        self.count += 1
-        time.sleep(0.05)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def observer(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect(database_url)
-    yield conn
-    await conn.close()
-
-
-async def new_job(conn: asyncpg.Connection, task: str = "demo.echo") -> Delivery:
-    job_id = f"review2-{uuid.uuid4()}"
-    await LEDGER.insert_jobs(conn, [JobSpec(job_id, job_id, task, "default", {})])
-    await LEDGER.mark_enqueued(conn, [job_id])
-    return Delivery(task, job_id, job_id, {}, "review-worker")
 
 
 # --- 5. The supervisor counts the lease from before the lock wait ----------------------------
@@ -73,7 +44,7 @@ async def test_a_claim_that_waited_for_the_lock_is_not_killed_at_once(
     Nothing validates lease_seconds against lock_wait_seconds: the test stack itself runs
     lease 3 s with the default 10 s lock wait; production defaults (15 s / 10 s) hit it when
     the advisory wait and the row wait add up to more than 12.5 s."""
-    kills = Kills()
+    kills = Kills(slow=0.05)
     runtime = Runtime(
         database_url, DeliveryLimits(lock_wait_seconds=10, lease_seconds=3), kill=kills
     )
@@ -135,7 +106,7 @@ async def test_a_stale_hand_off_cannot_bury_a_newer_dead_letter(
     letter, final_attempt 2). The slow hand-off then returns and marks the job dead-lettered,
     clearing dead letter 2, which dlq-svc never received: the job is ``dead_lettered`` with no
     active DLQ entry (not visible, not replayable)."""
-    runtime = Runtime(database_url, DeliveryLimits(lock_wait_seconds=0.5), kill=Kills())
+    runtime = Runtime(database_url, DeliveryLimits(lock_wait_seconds=0.5), kill=Kills(slow=0.05))
 
     async def permanent(ctx: JobContext, payload: JsonObject) -> Any:
         raise JobError.permanent("bad input")
@@ -245,10 +216,10 @@ async def test_a_worker_partitioned_from_postgres_stops_and_its_job_is_taken_ove
             else f"127.0.0.1:{proxy.port}"
         )
     )
-    kills = Kills()
+    kills = Kills(slow=0.05)
     limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3, dead_peer_seconds=10)
     partitioned = Runtime(via_proxy, limits, kill=kills)
-    other = Runtime(database_url, limits, kill=Kills())
+    other = Runtime(database_url, limits, kill=Kills(slow=0.05))
     delivery = await new_job(observer)
     settings: dict[str, str] = {}
 

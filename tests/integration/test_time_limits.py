@@ -15,50 +15,19 @@ the node keeps running jobs.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import urllib.request
-from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 import pytest
-import pytest_asyncio
-from google.protobuf import struct_pb2
 
-from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, ingest_pb2, job_pb2
+from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, job_pb2
 from relayq_core.retry import load_policies
 from relayq_core.settings import repo_root
-from tests.conftest import DlqServer, Ingest
+from tests.conftest import Ingest
+from tests.integration.jobs import finish, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 POLICY = load_policies(repo_root() / "tests" / "data" / "retry-fast.toml").for_task("demo.hang")
-TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD_LETTERED)
-
-
-def request(task: str, payload: dict[str, Any]) -> ingest_pb2.SubmitJobRequest:
-    struct = struct_pb2.Struct()
-    struct.update(payload)
-    return ingest_pb2.SubmitJobRequest(task=task, payload=struct)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def dlq(
-    dlq_server: DlqServer,
-) -> AsyncIterator[dead_letter_pb2_grpc.DeadLetterServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(dlq_server.address) as channel:
-        yield dead_letter_pb2_grpc.DeadLetterServiceStub(channel)
-
-
-async def finish(ingest: Ingest, job_id: str, timeout: float) -> job_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = (await ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=job_id))).job
-        if job.state in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"still {job_pb2.JobState.Name(job.state)}: {job}"
-        await asyncio.sleep(0.1)
 
 
 def samples(port: int, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -86,7 +55,7 @@ def killed(port: int) -> float:
 async def test_a_hung_handler_is_stopped_retried_and_dead_lettered_as_timeout(
     mode: str,
     live_ingest: Ingest,
-    dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
+    dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
     worker_metrics_port: int,
 ) -> None:
     kills_before = killed(worker_metrics_port)
@@ -109,7 +78,7 @@ async def test_a_hung_handler_is_stopped_retried_and_dead_lettered_as_timeout(
     gap = second.started_at.ToDatetime().timestamp() - first_end
     assert gap >= POLICY.bounds(1)[0] - 0.05, gap
     entry = (
-        await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job.job_id))
     ).dead_letter
     assert entry.reason == "timeout" and entry.error_type == "JobTimeout"
     assert len(entry.attempts) == attempts

@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import pytest
-import pytest_asyncio
 from google.protobuf import struct_pb2
 
 from relayq.v1 import dead_letter_pb2, dead_letter_pb2_grpc, ingest_pb2, job_pb2
@@ -35,6 +33,7 @@ from relayq_core.settings import repo_root
 from relayq_devstack.postgres import PostgresServer, start_postgres
 from relayq_devstack.redis import RedisServer
 from tests.conftest import DlqServer, Ingest
+from tests.integration.jobs import finish
 from tests.integration.test_worker_lifecycle import db_url, start_node
 from tests.support.http_receiver import Receiver, closed_port_url
 from worker_svc.schema import migrate as migrate_worker
@@ -44,7 +43,6 @@ from worker_svc.schema import migrate as migrate_worker
 pytestmark = pytest.mark.integration
 
 POLICY = load_policies(repo_root() / "tests" / "data" / "retry-fast.toml").default
-TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_DEAD_LETTERED)
 #: What a request-to-request gap may add to the countdown: the worker's claim, the Celery ETA
 #: timer, the HTTP connection (a loaded CI machine: generous).
 SLACK = 1.5
@@ -56,14 +54,6 @@ def receiver() -> Iterator[Receiver]:
         yield rx
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def dlq(
-    dlq_server: DlqServer,
-) -> AsyncIterator[dead_letter_pb2_grpc.DeadLetterServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(dlq_server.address) as channel:
-        yield dead_letter_pb2_grpc.DeadLetterServiceStub(channel)
-
-
 async def submit_hook(ingest: Ingest, url: str, faults: list[str]) -> tuple[str, str]:
     """A webhook job whose receiver answers its first requests with ``faults``; (job, key)."""
     key = f"hook-{uuid.uuid4()}"
@@ -73,16 +63,6 @@ async def submit_hook(ingest: Ingest, url: str, faults: list[str]) -> tuple[str,
         ingest_pb2.SubmitJobRequest(task="demo.webhook", payload=payload, idempotency_key=key)
     )
     return reply.job_id, key
-
-
-async def finish(ingest: Ingest, job_id: str, timeout: float = 60) -> job_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = (await ingest.stub.GetJob(ingest_pb2.GetJobRequest(job_id=job_id))).job
-        if job.state in TERMINAL:
-            return job
-        assert time.monotonic() < deadline, f"still {job_pb2.JobState.Name(job.state)}: {job}"
-        await asyncio.sleep(0.1)
 
 
 def gaps(rx: Receiver, key: str) -> list[float]:
@@ -130,7 +110,7 @@ async def test_retry_after_is_honoured_up_to_the_policys_longest_delay(
 async def test_timeouts_and_dropped_connections_end_in_the_dlq_with_the_last_error(
     live_ingest: Ingest,
     receiver: Receiver,
-    dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
+    dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
 ) -> None:
     attempts = POLICY.max_retries + 1
     faults = ["delay:3", "hang", "close", "delay:3", "hang"]
@@ -150,31 +130,39 @@ async def test_timeouts_and_dropped_connections_end_in_the_dlq_with_the_last_err
         "ReadTimeout",
         "ReadTimeout",
     ]
-    entry = (await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job_id))).dead_letter
+    entry = (
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job_id))
+    ).dead_letter
     assert entry.reason == "retries_exhausted" and entry.error_type == "ReadTimeout"
     assert entry.idempotency_key == key and len(entry.attempts) == attempts
     assert receiver.overlaps() == []
 
 
 async def test_a_refused_connection_is_retried_then_dead_lettered(
-    live_ingest: Ingest, dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
+    live_ingest: Ingest, dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
 ) -> None:
     job_id, _ = await submit_hook(live_ingest, closed_port_url(), [])
     job = await finish(live_ingest, job_id)
     assert job.state == job_pb2.JOB_STATE_DEAD_LETTERED
     assert [a.error_type for a in job.attempts] == ["ConnectError"] * (POLICY.max_retries + 1)
-    entry = (await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job_id))).dead_letter
+    entry = (
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job_id))
+    ).dead_letter
     assert entry.reason == "retries_exhausted" and entry.error_type == "ConnectError"
 
 
 async def test_a_4xx_is_permanent(
-    live_ingest: Ingest, receiver: Receiver, dlq: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub
+    live_ingest: Ingest,
+    receiver: Receiver,
+    dlq_client: dead_letter_pb2_grpc.DeadLetterServiceAsyncStub,
 ) -> None:
     job_id, key = await submit_hook(live_ingest, receiver.url(), ["422"])
     job = await finish(live_ingest, job_id)
     assert job.state == job_pb2.JOB_STATE_DEAD_LETTERED and job.attempt_count == 1
     assert receiver.counts()[key] == 1
-    entry = (await dlq.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job_id))).dead_letter
+    entry = (
+        await dlq_client.GetDeadLetter(dead_letter_pb2.GetDeadLetterRequest(id=job_id))
+    ).dead_letter
     assert entry.reason == "permanent_error" and entry.error_type == "WebhookRejected"
     assert " answered 422 " in entry.error_message
 

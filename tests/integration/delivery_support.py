@@ -1,0 +1,39 @@
+"""Helpers for tests that drive the delivery protocol (``worker_svc.runner.handle``) in process."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import asyncpg
+
+from relayq_core.db.ledger import JobLedger
+from relayq_core.jobs import JobSpec
+from worker_svc.runner import Delivery
+
+LEDGER = JobLedger()
+
+
+class Kills:
+    """Stands in for ``kill_this_process``: counts the kills instead. A real kill ends the
+    process at the first call; this one returns, so ``slow`` keeps a supervisor that would call
+    it again at once from spinning."""
+
+    def __init__(self, slow: float = 0.0) -> None:
+        self.count = 0
+        self._slow = slow
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self._slow:
+            time.sleep(self._slow)
+
+
+async def new_job(
+    conn: asyncpg.Connection, task: str = "demo.echo", prefix: str = "job"
+) -> Delivery:
+    """Records a job (enqueued, as ingest would leave it) and returns its delivery."""
+    job_id = f"{prefix}-{uuid.uuid4()}"
+    await LEDGER.insert_jobs(conn, [JobSpec(job_id, job_id, task, "default", {})])
+    await LEDGER.mark_enqueued(conn, [job_id])
+    return Delivery(task, job_id, job_id, {}, f"{prefix}-worker")
