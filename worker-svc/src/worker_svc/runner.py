@@ -300,6 +300,11 @@ async def handle(
             raise _superseded(run.attempt) from exc
     except BaseException:
         attempt.end()
+        # Whatever stops this delivery (its outcome could not be recorded: the connection died,
+        # the attempt was superseded, an unexpected error), work its handler left running must
+        # not outlive it: the message comes back, perhaps as a resuming delivery that does not
+        # wait for the lease.
+        attempt.kill_if_busy()
         # The delivery's own error is the one to report, not the unlock's (a broken connection
         # fails both, and masking Interrupted would lose the attempt it resumes).
         with contextlib.suppress(Exception):
@@ -536,6 +541,12 @@ class HandlerCancelled(Exception):
     """A ``CancelledError`` that escaped the handler without this delivery being cancelled."""
 
 
+def _asyncpg_task(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is asyncpg's own bookkeeping (it must finish for the connection's sake)."""
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and "asyncpg" in code.co_filename
+
+
 class _Attempt:
     """One delivery's running attempt: its stop switch and the supervisor's watch on it."""
 
@@ -613,11 +624,15 @@ class _Attempt:
         (``wait`` False), awaited with what it handed to threads, for up to half the kill grace.
         Work still running then would overlap the next attempt: :attr:`must_kill`."""
         current = asyncio.current_task()
-        # The handler's tasks carry its attempt in their context (set by _call), and only they.
+        # The handler's tasks carry its attempt in their context (set by _call), and only they;
+        # asyncpg's own (the cancel request of a statement the handler abandoned) are left alone.
         leftover = [
             t
             for t in asyncio.all_tasks()
-            if t is not current and not t.done() and t.get_context().get(_ATTEMPT) is self.stop
+            if t is not current
+            and not t.done()
+            and t.get_context().get(_ATTEMPT) is self.stop
+            and not _asyncpg_task(t)
         ]
         for task in leftover:
             task.cancel()
@@ -663,9 +678,15 @@ class _Attempt:
                     return
             except Exception as exc:
                 log.warning("job_rollback_failed", error=type(exc).__name__)
+        old_pid = conn.get_server_pid()
         await self.runtime.discard_connection()
         self.lock_held = False
         self.conn = await self.runtime.connection()
+        # Closing the socket does not stop a statement the server is still running (PostgreSQL
+        # notices a vanished client only between statements, or at the next
+        # client_connection_check_interval): end that session now, and its locks with it.
+        with contextlib.suppress(Exception):
+            await self.conn.execute("SELECT pg_terminate_backend($1)", old_pid)
 
     async def release(self) -> None:
         """Releases the job's lock, if this delivery still holds it."""

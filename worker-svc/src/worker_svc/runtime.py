@@ -53,6 +53,9 @@ class DeliveryLimits:
             "tcp_keepalives_interval": str(interval),
             "tcp_keepalives_count": "3",
             "tcp_user_timeout": str(int(self.dead_peer_seconds * 1000)),
+            # A statement of a session whose client is gone (a killed worker) stops within this
+            # interval instead of running on, holding the job's lock (PostgreSQL 14 and later).
+            "client_connection_check_interval": "2000",
         }
 
 

@@ -216,7 +216,20 @@ class Supervisor:
             log.warning("job_timeout_not_recorded", error=type(exc).__name__)
             recorded = True
         if recorded and self._current(watch) and not watch.handler_done:
+            await self._end_session(watch, kill_at)
             self._kill(watch, "timeout", "the handler ran past its time limit and its grace")
+
+    async def _end_session(self, watch: Watch, act_by: float) -> None:
+        """Ends the delivery's database session before the process dies: a statement the
+        handler left running would otherwise go on, holding the job's lock, after the process is
+        gone (best effort: the kill follows whatever happens here)."""
+        try:
+            await self._call(
+                lambda conn: conn.execute("SELECT pg_terminate_backend($1)", watch.holder_pid),
+                act_by,
+            )
+        except Exception as exc:
+            log.warning("job_session_not_ended", error=type(exc).__name__)
 
     async def _renew(self, watch: Watch, kill_at: float) -> None:
         sent = self._clock()
