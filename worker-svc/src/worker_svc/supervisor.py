@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import threading
@@ -49,6 +48,8 @@ T = TypeVar("T")
 CALL_SECONDS = 5.0
 #: After a failed renewal (database unreachable), the next try comes this soon.
 RETRY_SECONDS = 1.0
+#: The longest the thread sleeps without looking at the process's attempt.
+POLL_SECONDS = 0.5
 
 
 def kill_this_process() -> None:
@@ -111,6 +112,8 @@ class Supervisor:
         self._cond = threading.Condition()
         self._watch: Watch | None = None
         self._closed = False
+        #: How often the thread looks for a new watch: sooner than any watch's first deadline.
+        self.poll_seconds = min(POLL_SECONDS, lease_seconds / 6, kill_grace_seconds)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: asyncpg.Connection | None = None
@@ -121,7 +124,12 @@ class Supervisor:
         return self._lease
 
     def begin(self, watch: Watch) -> None:
-        """Starts watching ``watch`` (the claim has just leased the job)."""
+        """Starts watching ``watch`` (the claim has just leased the job).
+
+        The thread is not woken: it looks at least every :attr:`poll_seconds`, and no deadline
+        of a new watch comes sooner than that (the first renewal is a third of the lease away,
+        the hard time limit the time limit plus its grace). A job costs its delivery no thread
+        switch."""
         watch.lease_deadline = watch.lease_sent + self._lease
         watch.next_renewal = watch.lease_sent + self._lease / 3
         with self._cond:
@@ -131,14 +139,12 @@ class Supervisor:
                     target=self._run, name="relayq-supervisor", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
 
     def end(self, watch: Watch) -> None:
         """Stops watching ``watch`` (its outcome is recorded, or its delivery gave up)."""
         with self._cond:
             if self._watch is watch:
                 self._watch = None
-                self._cond.notify()
 
     def close(self) -> None:
         """Stops the thread and closes its connection."""
@@ -166,13 +172,14 @@ class Supervisor:
                         return
                     watch = self._watch
                     if watch is None:
-                        self._cond.wait()
+                        self._cond.wait(self.poll_seconds)
                         continue
                     renew_at, kill_at, hard_at = self._deadlines(watch)
                     due = min(renew_at, kill_at, hard_at) if not watch.handler_done else renew_at
                     wait = due - self._clock()
                     if wait > 0:
-                        self._cond.wait(None if math.isinf(wait) else wait)
+                        # Never longer than the poll: the watch may end, and another begin.
+                        self._cond.wait(min(wait, self.poll_seconds))
                         continue
                 with job_context(watch.job_id, watch.idempotency_key, task=watch.task):
                     self._loop.run_until_complete(self._act(watch))
