@@ -41,6 +41,9 @@ class RetryPolicy:
     #: retryable failure; the job is dead-lettered with reason ``timeout`` when the last one
     #: was); one that ignores the cancellation is stopped hard (docs/retries.md).
     timeout_seconds: float = 300.0
+    #: Celery's hard time limit (0: none), an opt-in last resort for handlers that could hold
+    #: the GIL so long that relayq's own stops cannot act (docs/retries.md).
+    hard_time_limit_seconds: float = 0.0
 
     def nominal_delay(self, retry: int) -> float:
         """The un-jittered wait before retry ``retry`` (1-based)."""
@@ -125,6 +128,10 @@ def _policy(base: RetryPolicy, table: Any, path: Path, key: str) -> RetryPolicy:
         (1 <= policy.max_worker_losses <= 100, "max_worker_losses must be 1..100"),
         (0 <= policy.max_interruptions <= 100, "max_interruptions must be 0..100"),
         (0 < policy.timeout_seconds <= 86400, "timeout_seconds must be in (0, 86400]"),
+        (
+            0 <= policy.hard_time_limit_seconds <= 172800,
+            "hard_time_limit_seconds must be 0 (none) or up to 172800",
+        ),
     ]
     for ok, problem in problems:
         if not ok:
