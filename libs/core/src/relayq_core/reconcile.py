@@ -3,8 +3,8 @@
 The Postgres ledger is the source of truth for which jobs exist and where they are; Redis only
 carries messages, and can lose them: a ``FLUSHALL``, a restart without persistence, the last
 second of an AOF, a worker node that dies holding messages, a worker that reconnects after a
-broker restart (Celery drops the retry messages it held; they stay in Redis's unacked hash until
-the one-hour visibility timeout). The reconciler finds such jobs and publishes them again with
+broker restart (Celery drops the retry messages it held, and without kombu's ack emulation
+nothing in Redis keeps a copy). The reconciler finds such jobs and publishes them again with
 their original ``job_id`` and ``idempotency_key``.
 
 Re-publishing a job whose message is in fact still somewhere costs one duplicate delivery, which

@@ -182,9 +182,9 @@ RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0
 
 -- name: requeue_lost_retries
 -- Retries of queue $1 scheduled before $2 (so their message has left the list: a worker holds
--- it until it is due, as an ETA message in Redis's unacked hash) and due more than $3 seconds
--- ago: the worker holding the message died or reconnected (Celery drops held ETA messages on a
--- broker reconnect), or Redis lost it.
+-- it in memory until it is due, as an ETA message) and due more than $3 seconds ago: the worker
+-- holding the message died or reconnected (Celery drops held ETA messages on a broker
+-- reconnect), or Redis lost it.
 WITH picked AS (
     SELECT job_id FROM relayq_jobs
     WHERE queue = $1 AND state = 'retrying' AND pending_dead_letter IS NULL
