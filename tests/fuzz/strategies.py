@@ -9,7 +9,12 @@ from typing import Any
 from google.protobuf import struct_pb2
 from hypothesis import strategies as st
 
-TASKS = ("demo.echo", "demo.slow", "demo.charge", "demo.flaky", "demo.fail", "demo.crash")
+from relayq_core.catalog import load_catalog
+from relayq_core.settings import repo_root
+
+#: The catalogue's tasks: the only names ingest accepts (Hypothesis also draws string constants
+#: it finds in the code, so a name missing here would come up as an "unknown" task accepted).
+TASKS = tuple(sorted(load_catalog(repo_root() / "config" / "tasks.toml").tasks))
 
 #: Text that has broken parsers, SQL and terminals before.
 NASTY = (
