@@ -28,20 +28,16 @@ raises is the handler's failure, retried under the policy unless it says it is p
 (including ``TimeoutError``, ``OSError`` and the errors of statements it runs through
 ``ctx.db()``, such as a ``statement_timeout``). Only the loss of the delivery's own connection
 to the ledger interrupts an attempt without counting it.
+
+The running attempt itself (its time limit, what stops it, the work it leaves behind) is
+worker_svc/attempt.py; what an outcome means under the policy is worker_svc/outcome.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import time
-import traceback
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
-from enum import StrEnum
-from typing import Any
 
 import asyncpg
 
@@ -53,25 +49,36 @@ from relayq_core.db.ledger import (
     NotYet,
 )
 from relayq_core.deadletter import Reason, StagedDeadLetter
-from relayq_core.errors import JobError
 from relayq_core.jobs import AttemptRecord
 from relayq_core.logging import get_logger
 from relayq_core.retry import RetryPolicy
 from relayq_core.telemetry import current_trace_id
+from worker_svc.attempt import (
+    Attempt,
+    Handler,
+    HandlerCancelled,
+    Stopped,
+    TimeoutRecorder,
+    call_handler,
+    release_job,
+)
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.metrics import JOB_RUNS, JOB_TIMEOUTS, observe_duration
-from worker_svc.runtime import Runtime, StopSwitch, TrackedExecutor, tracked_executor
-from worker_svc.supervisor import Watch
+from worker_svc.outcome import (
+    DeadLetter,
+    Decision,
+    Done,
+    Failure,
+    Outcome,
+    Retry,
+    RunResult,
+    decide,
+    storable,
+)
+from worker_svc.runtime import Runtime
 
 log = get_logger(__name__)
 
-Handler = Callable[[JobContext, JsonObject], Awaitable[Any]]
-
-#: The longest a handler's transaction may take to roll back before its connection is closed.
-ROLLBACK_SECONDS = 5.0
-
-#: The running attempt, in the context of its handler and of every task the handler starts.
-_ATTEMPT: contextvars.ContextVar[object] = contextvars.ContextVar("relayq_attempt")
 
 __all__ = [
     "DeadLetter",
@@ -86,21 +93,12 @@ __all__ = [
     "Reason",
     "Retry",
     "RunResult",
+    "HandlerCancelled",
     "decide",
     "handle",
     "settle",
+    "storable",
 ]
-
-
-class Outcome(StrEnum):
-    """What one delivery found or did."""
-
-    SUCCEEDED = "succeeded"
-    DUPLICATE = "duplicate"
-    FAILED = "failed"
-    POISON = "poison"
-    REPORT_PENDING = "report_pending"
-    UNKNOWN_JOB = "unknown_job"
 
 
 class Deferred(Exception):
@@ -122,78 +120,6 @@ class Interrupted(Exception):
         self.attempt = attempt
 
 
-def storable(text: str) -> str:
-    """``text`` as PostgreSQL can store it (in text and jsonb): a NUL byte, which neither
-    accepts, written out as ``\\x00``, and lone surrogates as ``\\udXXX`` escapes. A failure
-    whose message held either (a webhook's binary 5xx body) could otherwise not be recorded."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-class _Stopped(Exception):
-    """The handler was stopped from outside (its time limit, or the connection's loss)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A failed attempt, as the ledger and the DLQ record it."""
-
-    error_type: str
-    message: str
-    traceback: str
-    retryable: bool
-    #: The failure asked for at least this long before the next attempt (HTTP Retry-After).
-    retry_after: float | None = None
-    #: The attempt ran past its time limit (recorded ``timed_out``).
-    timed_out: bool = False
-
-    @classmethod
-    def of(cls, exc: BaseException) -> Failure:
-        """From a handler's exception: retryable unless it says otherwise."""
-        retryable, retry_after = True, None
-        if isinstance(exc, JobError):
-            retryable, retry_after = exc.retryable, exc.retry_after
-        return cls(
-            storable(type(exc).__name__),
-            storable(str(exc)[:2000]),
-            storable("".join(traceback.format_exception(exc))[-20000:]),
-            retryable,
-            retry_after,
-        )
-
-    @classmethod
-    def time_limit(cls, limit: float, *, hard: bool) -> Failure:
-        """An attempt that ran past its time limit: cancelled, or (``hard``) its process killed
-        because it ignored the cancellation."""
-        message = f"the attempt was still running after its time limit ({limit:g} s)"
-        if hard:
-            message += "; it ignored the cancellation, so its process was killed"
-        return cls("JobTimeout", message, "", retryable=True, timed_out=True)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The delivery's outcome."""
-
-    outcome: Outcome
-    attempt: int = 0
-    result: Any = None
-    failure: Failure | None = None
-    started_at: datetime | None = None
-    duration_seconds: float = 0.0
-    #: This delivery found the job abandoned by a worker that died running it.
-    worker_lost: bool = False
-    #: The handler ran (its duration is worth observing).
-    ran: bool = False
-    #: Recording the outcome also released the job's lock.
-    released: bool = False
-
-
 @dataclass(frozen=True)
 class Delivery:
     """One message as the worker received it."""
@@ -206,48 +132,6 @@ class Delivery:
     queue: str = "default"
     #: The attempt a database outage cut short, which this delivery takes over.
     resuming: int | None = None
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Run the job again after ``countdown`` seconds; ``failures`` so far in this run."""
-
-    countdown: float
-    failures: int
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """Hand the job to dlq-svc (the dead-lettering is staged in the ledger)."""
-
-    reason: Reason | None  # None: an earlier delivery staged it
-
-
-@dataclass(frozen=True)
-class Done:
-    """Nothing more to do for this message."""
-
-    result: Any = None
-
-
-Decision = Retry | DeadLetter | Done
-
-
-def decide(run: RunResult, policy: RetryPolicy, failures_before: int) -> Decision:
-    """What a delivery's outcome means under the task's policy (pure)."""
-    if run.outcome is Outcome.POISON:
-        return DeadLetter(Reason.WORKER_LOST)
-    if run.outcome is Outcome.REPORT_PENDING:
-        return DeadLetter(None)
-    if run.outcome is not Outcome.FAILED:
-        return Done(run.result)
-    assert run.failure is not None
-    if not run.failure.retryable:
-        return DeadLetter(Reason.PERMANENT_ERROR)
-    failures = failures_before + 1
-    if failures > policy.max_retries:
-        return DeadLetter(Reason.TIMEOUT if run.failure.timed_out else Reason.RETRIES_EXHAUSTED)
-    return Retry(policy.retry_countdown(failures, run.failure.retry_after), failures)
 
 
 async def handle(
@@ -279,11 +163,11 @@ async def handle(
         # held, only this process could ever claim the job again. An unlock of a lock not held
         # is harmless; the call's own error is the one to report.
         with contextlib.suppress(Exception):
-            await _release(conn, ledger, delivery.job_id)
+            await release_job(conn, ledger, delivery.job_id)
         if isinstance(exc, asyncpg.LockNotAvailableError):
             raise Deferred("another delivery of this job is running") from exc
         raise
-    attempt = _Attempt(runtime, ledger, delivery, policy, conn)
+    attempt = Attempt(runtime, ledger, delivery, policy, conn)
     try:
         if isinstance(claim, NotYet):
             log.info("job_not_due", why=claim.why, seconds=round(claim.seconds, 3))
@@ -314,11 +198,9 @@ async def handle(
         raise
     attempt.end()
     count(delivery, decision, run)  # recorded: counted even if the unlock below fails
-    if attempt.must_kill:
-        # Its handler's offloaded work is still running: only the process's end stops it, and
-        # the next attempt (after the recorded retry's backoff) must not run beside it.
-        log.error("job_attempt_killed", attempt=run.attempt, reason="work_left_running")
-        runtime.kill()
+    # Its handler's offloaded work still running: only the process's end stops it, and the
+    # next attempt (after the recorded retry's backoff) must not run beside it.
+    attempt.kill_if_busy()
     if not run.released:
         await attempt.release()
     return decision, run
@@ -333,7 +215,7 @@ def _superseded(number: int) -> Deferred:
 
 
 async def _run(
-    attempt: _Attempt,
+    attempt: Attempt,
     handler: Handler,
     claim: Claim | None,
     sent: float,
@@ -352,7 +234,7 @@ async def _run(
         return RunResult(Outcome.DUPLICATE, result=found[1] if found else peek.result)
     try:
         return await _run_claimed(attempt, handler, claim, sent)
-    except (Interrupted, _Stopped):
+    except (Interrupted, Stopped):
         raise
     except Exception as exc:
         # A ledger call of this delivery failed (a handler's failure never gets here).
@@ -362,7 +244,7 @@ async def _run(
 
 
 async def _run_claimed(
-    attempt: _Attempt,
+    attempt: Attempt,
     handler: Handler,
     claim: Claim,
     sent: float,
@@ -436,10 +318,12 @@ async def _run_claimed(
         ran=True,
     )
     t0 = time.perf_counter()
-    attempt.begin(conn, claim, sent + claim.waited_seconds, t0)
+    attempt.begin(claim, sent + claim.waited_seconds, _timeout_recorder(attempt, claim, t0))
     try:
-        result = await _call(handler, ctx, delivery.payload, policy.timeout_seconds, attempt.stop)
-    except _Stopped as stopped:
+        result = await call_handler(
+            handler, ctx, delivery.payload, policy.timeout_seconds, attempt.stop
+        )
+    except Stopped as stopped:
         await attempt.quiesce()
         if stopped.reason != "timeout":  # the connection (and with it the job's lock) is gone
             attempt.kill_if_busy()
@@ -493,6 +377,32 @@ async def _run_claimed(
     )
 
 
+def _timeout_recorder(attempt: Attempt, claim: Claim, t0: float) -> TimeoutRecorder:
+    """How the supervisor records this attempt as timed out before it kills the process."""
+    delivery, policy, ledger = attempt.delivery, attempt.policy, attempt.ledger
+
+    async def record_timeout(db: asyncpg.Connection) -> bool:
+        run = RunResult(
+            Outcome.FAILED,
+            attempt=claim.attempt,
+            failure=Failure.time_limit(policy.timeout_seconds, hard=True),
+            started_at=claim.started_at,
+            duration_seconds=time.perf_counter() - t0,
+            worker_lost=claim.abandoned,
+            ran=True,
+        )
+        decision = decide(run, policy, claim.failures)
+        try:
+            await settle(db, ledger, delivery, run, decision)
+        except AttemptSuperseded:
+            return False
+        JOB_TIMEOUTS.labels(task=delivery.task, queue=delivery.queue, kind="hard").inc()
+        count(delivery, decision, run)
+        return True
+
+    return record_timeout
+
+
 def _failed(base: RunResult, failure: Failure, t0: float) -> RunResult:
     duration = time.perf_counter() - t0
     log.warning(
@@ -505,213 +415,6 @@ def _failed(base: RunResult, failure: Failure, t0: float) -> RunResult:
         duration_seconds=round(duration, 6),
     )
     return replace(base, failure=failure, duration_seconds=duration)
-
-
-async def _call(
-    handler: Handler, ctx: JobContext, payload: JsonObject, limit: float, stop: StopSwitch
-) -> Any:
-    """The handler under its time limit; :class:`_Stopped` when the limit or ``stop`` ended it.
-
-    A ``TimeoutError`` of the handler's own (its HTTP client's, its own ``asyncio.timeout``) is
-    the handler's failure, told apart by whether *this* timeout expired.
-    """
-    timeout = asyncio.timeout(limit)
-    stop.attach(timeout)
-    token = _ATTEMPT.set(stop)  # tasks the handler starts inherit it (see _Attempt.quiesce)
-    try:
-        async with timeout:
-            return await handler(ctx, payload)
-    except TimeoutError:
-        if timeout.expired():
-            raise _Stopped(stop.reason or "timeout") from None
-        raise
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # this delivery itself is being cancelled (the process is stopping)
-        # The handler let a cancellation of its own escape (it awaited a task that something
-        # cancelled): its failure, like any other exception.
-        raise HandlerCancelled("the handler raised CancelledError") from None
-    finally:
-        _ATTEMPT.reset(token)
-        stop.attach(None)
-
-
-class HandlerCancelled(Exception):
-    """A ``CancelledError`` that escaped the handler without this delivery being cancelled."""
-
-
-def _asyncpg_task(task: asyncio.Task[Any]) -> bool:
-    """Whether ``task`` is asyncpg's own bookkeeping (it must finish for the connection's sake)."""
-    code = getattr(task.get_coro(), "cr_code", None)
-    return code is not None and "asyncpg" in code.co_filename
-
-
-class _Attempt:
-    """One delivery's running attempt: its stop switch and the supervisor's watch on it."""
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        ledger: JobLedger,
-        delivery: Delivery,
-        policy: RetryPolicy,
-        conn: asyncpg.Connection,
-    ) -> None:
-        self.runtime = runtime
-        self.ledger = ledger
-        self.delivery = delivery
-        self.policy = policy
-        #: The connection the delivery records on: the claim's, holding the job's lock, until
-        #: end_transaction() has to replace it (then the lease alone keeps others away).
-        self.conn = conn
-        self.lock_held = True
-        self.stop = StopSwitch()
-        self._watch: Watch | None = None
-        self._executor: TrackedExecutor | None = None
-        #: The handler's offloaded work outlived it: the process must end (after recording).
-        self.must_kill = False
-
-    def begin(self, conn: asyncpg.Connection, claim: Claim, sent: float, t0: float) -> None:
-        """The handler is about to run: the connection's loss stops it, the supervisor watches."""
-        self.runtime.attempt = self.stop
-        self._executor = tracked_executor()
-        if self.runtime.limits.unsafe_skip_claim:
-            return  # no lock held: nothing for a lease to prove
-        loop = asyncio.get_running_loop()
-        stop = self.stop
-
-        def stop_from_thread(reason: str) -> None:
-            loop.call_soon_threadsafe(stop.request, reason)
-
-        delivery, policy, ledger = self.delivery, self.policy, self.ledger
-
-        async def record_timeout(db: asyncpg.Connection) -> bool:
-            run = RunResult(
-                Outcome.FAILED,
-                attempt=claim.attempt,
-                failure=Failure.time_limit(policy.timeout_seconds, hard=True),
-                started_at=claim.started_at,
-                duration_seconds=time.perf_counter() - t0,
-                worker_lost=claim.abandoned,
-                ran=True,
-            )
-            decision = decide(run, policy, claim.failures)
-            try:
-                await settle(db, ledger, delivery, run, decision)
-            except AttemptSuperseded:
-                return False
-            JOB_TIMEOUTS.labels(task=delivery.task, queue=delivery.queue, kind="hard").inc()
-            count(delivery, decision, run)
-            return True
-
-        self._watch = Watch(
-            job_id=delivery.job_id,
-            idempotency_key=delivery.idempotency_key,
-            task=delivery.task,
-            attempt=claim.attempt,
-            holder_pid=conn.get_server_pid(),
-            lease_sent=sent,
-            started=time.monotonic(),
-            timeout=policy.timeout_seconds,
-            stop=stop_from_thread,
-            record_timeout=record_timeout,
-        )
-        self.runtime.supervisor(ledger).begin(self._watch)
-
-    async def quiesce(self, *, wait: bool = True) -> None:
-        """The handler has returned: its leftover tasks are cancelled and, unless it succeeded
-        (``wait`` False), awaited with what it handed to threads, for up to half the kill grace.
-        Work still running then would overlap the next attempt: :attr:`must_kill`."""
-        current = asyncio.current_task()
-        # The handler's tasks carry its attempt in their context (set by _call), and only they;
-        # asyncpg's own (the cancel request of a statement the handler abandoned) are left alone.
-        leftover = [
-            t
-            for t in asyncio.all_tasks()
-            if t is not current
-            and not t.done()
-            and t.get_context().get(_ATTEMPT) is self.stop
-            and not _asyncpg_task(t)
-        ]
-        for task in leftover:
-            task.cancel()
-        if wait:
-            # Half the kill grace: decided here, on the loop, before the supervisor's hard
-            # deadline (time limit + grace) would make it decide from its thread.
-            grace = self.runtime.limits.kill_grace_seconds / 2
-            started = time.monotonic()
-            if leftover:
-                _, pending = await asyncio.wait(leftover, timeout=grace)
-                self.must_kill = bool(pending)
-            remaining = max(0.0, grace - (time.monotonic() - started))
-            executor = self._executor
-            if executor is not None and not await executor.idle(remaining):
-                self.must_kill = True
-            if self.must_kill:
-                log.error(
-                    "job_attempt_left_work_running",
-                    tasks=len(leftover),
-                    threads=executor.busy if executor is not None else 0,
-                    grace_seconds=grace,
-                )
-        self.handler_returned()
-
-    async def end_transaction(self, ctx: JobContext, *, cut: bool) -> None:
-        """Leaves nothing of the handler's open on the delivery's connection.
-
-        A handler that failed on its own (``cut`` False) has its transaction rolled back. One
-        that was cancelled (its time limit; ``cut``) may have been cut off mid-statement, and
-        asyncpg then waits for the cancellation of a statement that already finished: that
-        connection is never trusted again, nor is one whose rollback failed or took too long.
-        It is closed (its session lock goes with it, and the attempt's lease keeps other
-        deliveries away meanwhile) and the outcome is recorded on a fresh connection.
-        """
-        conn = self.conn
-        if conn.is_closed() or (ctx.transaction is None and not conn.is_in_transaction()):
-            return
-        if not cut and ctx.transaction is not None:
-            try:
-                async with asyncio.timeout(ROLLBACK_SECONDS):
-                    await ctx.transaction.rollback()
-                if not conn.is_in_transaction():
-                    return
-            except Exception as exc:
-                log.warning("job_rollback_failed", error=type(exc).__name__)
-        old_pid = conn.get_server_pid()
-        await self.runtime.discard_connection()
-        self.lock_held = False
-        self.conn = await self.runtime.connection()
-        # Closing the socket does not stop a statement the server is still running (PostgreSQL
-        # notices a vanished client only between statements, or at the next
-        # client_connection_check_interval): end that session now, and its locks with it.
-        with contextlib.suppress(Exception):
-            await self.conn.execute("SELECT pg_terminate_backend($1)", old_pid)
-
-    async def release(self) -> None:
-        """Releases the job's lock, if this delivery still holds it."""
-        if self.lock_held:
-            await _release(self.conn, self.ledger, self.delivery.job_id)
-
-    def kill_if_busy(self) -> None:
-        """No outcome can be recorded (the connection is gone), and the handler's work still
-        runs: end the process now, before anyone may take the job over."""
-        if self.must_kill:
-            log.error("job_attempt_killed", reason="work_left_running")
-            self.runtime.kill()
-
-    def handler_returned(self) -> None:
-        """Nothing left to stop (the lease is still renewed until the outcome is recorded)."""
-        if self._watch is not None:
-            self._watch.handler_done = True
-        self.runtime.attempt = None
-
-    def end(self) -> None:
-        """The delivery is over."""
-        self.runtime.attempt = None
-        if self._watch is not None:
-            self.runtime.supervisor(self.ledger).end(self._watch)
-            self._watch = None
 
 
 async def settle(
@@ -784,8 +487,3 @@ def count(delivery: Delivery, decision: Decision, run: RunResult) -> None:
     else:
         return
     JOB_RUNS.labels(outcome=outcome, **labels).inc()
-
-
-async def _release(conn: asyncpg.Connection, ledger: JobLedger, job_id: str) -> None:
-    if not conn.is_closed():
-        await ledger.unlock_job(conn, job_id)
