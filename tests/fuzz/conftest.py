@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from relayq_core.catalog import Catalog
 from relayq_devstack.postgres import PostgresServer
 from relayq_devstack.redis import RedisServer
-from tests.conftest import Ingest, _ingest
+from tests.conftest import Ingest, _ingest, outbox_drained
 from tests.integration.dlq_fixtures import Dlq, dlq_server, fresh_database
 
 #: The statuses a hostile request may get: each a deliberate answer, none a server fault.
@@ -73,6 +73,9 @@ class Fuzz:
         return f"Fuzz(ingest={self.ingest.address}, dlq={self.dlq.address})"
 
     async def counts(self) -> Counts:
+        """The stores' counts once ingest has published every job it accepted (the outbox
+        publishes after the answer: counting before would race it)."""
+        await outbox_drained(self.ingest)
         row = await self.pool.fetchrow(
             "SELECT (SELECT count(*) FROM relayq_jobs) AS jobs,"
             " (SELECT count(*) FROM dlq_entries WHERE status = 'active') AS dlq_active,"
