@@ -84,10 +84,17 @@ class HandlerCancelled(Exception):
     """A ``CancelledError`` that escaped the handler without this delivery being cancelled."""
 
 
-def _asyncpg_task(task: asyncio.Task[Any]) -> bool:
-    """Whether ``task`` is asyncpg's own bookkeeping (it must finish for the connection's sake)."""
+def _asyncpg_cancel_request(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is asyncpg's request to cancel a statement the handler abandoned
+    (``Connection._cancel``): it must finish for the connection's sake. Nothing else of asyncpg's
+    is spared: a task the handler made of a statement (``asyncio.shield(conn.execute(...))``) is
+    the handler's work like any other."""
     code = getattr(task.get_coro(), "cr_code", None)
-    return code is not None and "asyncpg" in code.co_filename
+    return (
+        code is not None
+        and code.co_qualname == "Connection._cancel"
+        and "asyncpg" in code.co_filename
+    )
 
 
 class Attempt:
@@ -157,7 +164,7 @@ class Attempt:
             if t is not current
             and not t.done()
             and t.get_context().get(_ATTEMPT) is self.stop
-            and not _asyncpg_task(t)
+            and not _asyncpg_cancel_request(t)
         ]
         for task in leftover:
             task.cancel()
@@ -226,8 +233,12 @@ class Attempt:
             self.runtime.kill()
 
     def handler_returned(self) -> None:
-        """Nothing left to stop (the lease is still renewed until the outcome is recorded)."""
-        if self._watch is not None:
+        """Nothing left to stop (the lease is still renewed until the outcome is recorded).
+
+        Unless the handler's work outlived it (:attr:`must_kill`): then the supervisor stays
+        armed, so the process dies before the lease can run out even when recording the outcome
+        takes longer than that (a fresh connection that is slow to open, say)."""
+        if self._watch is not None and not self.must_kill:
             self._watch.handler_done = True
         self.runtime.attempt = None
 
