@@ -281,6 +281,28 @@ RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0
 UPDATE relayq_jobs SET attempt_count = $2
 WHERE job_id = $1 AND attempt_count < $2;
 
+-- name: unfinished_jobs
+-- relayq-ledger jobs: unfinished jobs, oldest first, with why each needs a look. $1 the states,
+-- $2 a queue or NULL, $3 a task or NULL, $4 how many (an operator's command, not a scrape).
+SELECT job_id, idempotency_key, task, queue, state, attempt_count, created_at,
+       round(extract(epoch FROM now() - created_at)::numeric, 1)::float8 AS age_seconds,
+       CASE
+           WHEN pending_dead_letter IS NOT NULL THEN 'dead letter waiting for dlq-svc'
+           WHEN state = 'queued' AND enqueued_at IS NULL THEN 'never published'
+           WHEN state = 'retrying' AND next_attempt_at < now() THEN 'retry overdue'
+           WHEN state = 'retrying' THEN 'retry due ' || to_char(next_attempt_at, 'HH24:MI:SS')
+           WHEN state = 'running' AND lease_until < now() THEN 'lease expired'
+           WHEN state = 'running' THEN 'running'
+           ELSE 'waiting for a worker'
+       END AS why,
+       worker_losses, coalesce(last_error, '') AS last_error
+FROM relayq_jobs
+WHERE state = ANY($1::text[])
+  AND ($2::text IS NULL OR queue = $2)
+  AND ($3::text IS NULL OR task = $3)
+ORDER BY created_at
+LIMIT $4;
+
 -- name: counts_by_queue_and_state
 -- relayq-ledger stats: the whole ledger by queue and state (an index-only scan is not possible
 -- here; this is an operator's command, not a scrape).
