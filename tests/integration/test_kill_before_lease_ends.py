@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -26,6 +25,7 @@ import pytest
 from relayq_core.db.ledger import JobLedger
 from relayq_core.retry import RetryPolicy
 from tests.integration.delivery_support import new_job
+from tests.support.slow_accept import SlowAccept
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Deferred, handle
 from worker_svc.runtime import DeliveryLimits, Runtime
@@ -45,53 +45,12 @@ class TimedKills:
         self.at.append(time.monotonic())
 
 
-class SlowAccept:
-    """A TCP proxy to PostgreSQL that forwards new connections only after ``delay`` seconds."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.delay = 0.0
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.append(up_writer)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def close(self) -> None:
-        for w in self._writers:
-            w.close()
-        if self.server is not None:
-            self.server.close()
-
-
 async def test_work_left_running_is_killed_before_its_lease_can_run_out(
     database_url: str, observer: asyncpg.Connection
 ) -> None:
-    parts = urlsplit(database_url)
-    proxy = SlowAccept(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxy = SlowAccept(database_url)
     await proxy.start()
-    netloc = f"127.0.0.1:{proxy.port}"
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    via_proxy = urlunsplit(parts._replace(netloc=netloc))
+    via_proxy = proxy.url
 
     kills = TimedKills()
     limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)

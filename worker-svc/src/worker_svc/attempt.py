@@ -153,21 +153,23 @@ class Attempt:
     async def quiesce(self, *, wait: bool = True) -> None:
         """The handler has returned: its leftover tasks are cancelled and, unless it succeeded
         (``wait`` False), awaited with what it handed to threads, for up to half the kill grace.
-        Work still running then would overlap the next attempt: :attr:`must_kill`."""
+        Work still running then would overlap the next attempt: :attr:`must_kill`.
+
+        A success that then cannot be recorded is an attempt that ended other than in success
+        after all: call again with ``wait`` True before giving it up."""
         current = asyncio.current_task()
         # The handler's tasks carry its attempt in their context (set by call_handler), and only
-        # they; asyncpg's own (the cancel request of a statement the handler abandoned) are left
-        # alone.
+        # they. asyncpg's cancel request of a statement the handler abandoned is not cancelled
+        # (the connection needs it to finish) but is waited for like the rest: until it lands,
+        # the server runs the statement on.
         leftover = [
             t
             for t in asyncio.all_tasks()
-            if t is not current
-            and not t.done()
-            and t.get_context().get(_ATTEMPT) is self.stop
-            and not _asyncpg_cancel_request(t)
+            if t is not current and not t.done() and t.get_context().get(_ATTEMPT) is self.stop
         ]
         for task in leftover:
-            task.cancel()
+            if not _asyncpg_cancel_request(task):
+                task.cancel()
         if wait:
             # Half the kill grace: decided here, on the loop, before the supervisor's hard
             # deadline (time limit + grace) would make it decide from its thread.
@@ -238,8 +240,8 @@ class Attempt:
         Unless the handler's work outlived it (:attr:`must_kill`): then the supervisor stays
         armed, so the process dies before the lease can run out even when recording the outcome
         takes longer than that (a fresh connection that is slow to open, say)."""
-        if self._watch is not None and not self.must_kill:
-            self._watch.handler_done = True
+        if self._watch is not None:
+            self._watch.handler_done = not self.must_kill  # re-armed if a later look finds work
         self.runtime.attempt = None
 
     def end(self) -> None:

@@ -357,10 +357,15 @@ async def _run_claimed(
         await ledger.complete(conn, delivery.job_id, result, record, unlock=transaction is None)
         if transaction is not None:
             await transaction.commit()
-    except AttemptSuperseded as exc:
-        await attempt.end_transaction(ctx, cut=False)
-        raise _superseded(claim.attempt) from exc
-    except Exception as exc:
+    except BaseException as exc:
+        # The success is not recorded: the next attempt may come, so what the handler left
+        # running must be over first, or the process killed (by handle, on the way out).
+        await attempt.quiesce()
+        if isinstance(exc, AttemptSuperseded):
+            await attempt.end_transaction(ctx, cut=False)
+            raise _superseded(claim.attempt) from exc
+        if not isinstance(exc, Exception):
+            raise
         if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
             raise Interrupted(claim.attempt) from exc
         await attempt.end_transaction(ctx, cut=False)
