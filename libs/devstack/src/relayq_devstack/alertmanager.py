@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayq_devstack import alert_sink
 from relayq_devstack.config import find_repo_root
 from relayq_devstack.health import HttpOk
 from relayq_devstack.ports import free_port
@@ -95,10 +96,11 @@ def alertmanager_argv(binary: Path, config: Path, data_dir: Path, port: int) -> 
 
 
 def alert_sink_argv(python_or_script: str, port: int, store: Path) -> list[str]:
-    """The sink's command line: a console script, or a Python interpreter (``-m``)."""
+    """The sink's command line: a console script, or a Python interpreter running the module's
+    file as a script (as compose does: standard library only, no package import)."""
     head = [python_or_script]
     if Path(python_or_script).name.startswith("python"):
-        head += ["-m", "relayq_devstack.alert_sink"]
+        head.append(alert_sink.__file__)
     return [*head, "--host", HOST, "--port", str(port), "--file", str(store)]
 
 
