@@ -30,10 +30,10 @@ groups:
           severity: page
         annotations:
           summary: "over the last [5m]"
-          runbook_url: %s#a-section
+          runbook_url: BASE#a-section
       - expr: sum(rate(z[30s]))
         record: job:z:rate30s
-""" % DEFAULT_RUNBOOK_BASE
+""".replace("BASE", DEFAULT_RUNBOOK_BASE)
 
 
 @pytest.mark.parametrize(
