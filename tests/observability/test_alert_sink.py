@@ -25,7 +25,7 @@ def notification(receiver: str, status: str, *alerts: dict[str, Any]) -> dict[st
     """Alertmanager's webhook JSON (version 4), as 0.25 sends it."""
     return {
         "version": "4",
-        "groupKey": "{}:{alertname=\"X\"}",
+        "groupKey": '{}:{alertname="X"}',
         "truncatedAlerts": 0,
         "status": status,
         "receiver": receiver,

@@ -103,9 +103,7 @@ def _ctx() -> ServiceContext:
 
 def test_the_stack_runs_sink_alertmanager_and_prometheus_wired_together(tmp_path: Path) -> None:
     config = StackConfig(state_dir=tmp_path, rule_time_scale=60, runbook_base="https://rb.example")
-    specs, notes = monitoring_specs(
-        _ctx(), relayq_services(_ctx()), config, StatePaths(tmp_path)
-    )
+    specs, notes = monitoring_specs(_ctx(), relayq_services(_ctx()), config, StatePaths(tmp_path))
     assert notes == []
     by_name = {s.name: s for s in specs}
     assert list(by_name) == ["alert-sink", "alertmanager", "prometheus"]
