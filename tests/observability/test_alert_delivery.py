@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -34,7 +34,6 @@ from tests.observability.prometheus_fixture import require_tool
 
 pytestmark = pytest.mark.integration
 SCALE = 60  # minutes become seconds: ServiceDown's `for: 2m` is 2 s
-T = TypeVar("T")
 
 
 @dataclass
@@ -86,7 +85,7 @@ class AlertPath:
         ]
 
 
-def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:
+def wait_for[T](probe: Callable[[], T], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while True:
         got = probe()
