@@ -25,6 +25,7 @@ from relayq_devstack.health import HttpOk
 from relayq_devstack.ports import free_port
 from relayq_devstack.process import ProcessFailed, ServiceProcess
 from relayq_devstack.services import HOST, ServiceContext, ServiceSpec
+from relayq_devstack.tools import missing_message
 
 __all__ = [
     "PrometheusClient",
@@ -366,7 +367,7 @@ def start_prometheus(
     """
     found = binary or find_binary()
     if found is None:
-        raise FileNotFoundError("prometheus is not installed (apt-get install prometheus)")
+        raise FileNotFoundError(missing_message("prometheus"))
     rule_list = list(rule_files() if rules is None else rules)
     jobs = list(jobs)
     workdir.mkdir(parents=True, exist_ok=True)
