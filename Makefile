@@ -1,6 +1,8 @@
 # relayq: the two commands are `make demo` and `make test`; everything else is a step of theirs.
 # On a fresh machine with Python and make, these targets install everything they need:
-# uv (into .tools/), Python 3.12 and every dependency (into .venv/, from uv.lock).
+# uv (into .tools/), Python 3.12 and every dependency (into .venv/, from uv.lock), and Debian's
+# prometheus and prometheus-alertmanager packages (scripts/install-tools.sh: as root or with
+# passwordless sudo; otherwise it stops with the one command to run).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -28,7 +30,8 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml */pyproject.toml libs/*/pyproject.
 	$(UV) sync --frozen
 	@touch $@
 
-setup: $(VENV)/.synced  ## install uv, Python 3.12 and all dependencies
+setup: $(VENV)/.synced  ## install uv, Python 3.12, all dependencies, Prometheus and Alertmanager
+	@scripts/install-tools.sh
 
 lint: setup  ## ruff (lint and format)
 	$(BIN)/ruff check .
@@ -44,7 +47,7 @@ proto: setup  ## regenerate gRPC code from proto/ (commit the result)
 proto-check: setup  ## fail if the committed gRPC code differs from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh --check
 
-rules:  ## promtool: check the Prometheus config and rules, run the alert unit tests
+rules: setup  ## promtool: check the Prometheus config and rules, run the alert unit tests
 	promtool check rules observability/prometheus/rules/*.yml
 	promtool test rules observability/prometheus/tests/*.yml
 

@@ -269,6 +269,10 @@ async def run(args: argparse.Namespace) -> int:
         print("\n$ dlq-tool stats")
         print(dlq_tool(env, "stats"))
 
+    print("\nwhere to look")
+    for line in where_to_look(env):
+        print(f"  {line}")
+
     print("\nthe stack is still up:")
     for key, value in env.items():
         if "TOKEN" not in key:
@@ -281,6 +285,18 @@ async def run(args: argparse.Namespace) -> int:
         and len(dead) == expected_dead
     )
     return 0 if ok else 1
+
+
+def where_to_look(env: dict[str, str]) -> list[str]:
+    """The monitoring URLs of the stack and the commands that read it, for the summary."""
+    lines: list[str] = []
+    if "RELAYQ_PROMETHEUS_URL" in env:
+        lines.append(f"Prometheus (metrics, alert rules)  {env['RELAYQ_PROMETHEUS_URL']}")
+    if "RELAYQ_ALERTMANAGER_URL" in env:
+        lines.append(f"Alertmanager (routing, silences)   {env['RELAYQ_ALERTMANAGER_URL']}")
+    if "RELAYQ_ALERT_SINK_URL" in env:
+        lines.append(f"alerts it sent                     {BIN / 'relayq-alerts'}")
+    return lines or ["no Prometheus in this stack (make setup installs it)"]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ demo script, and checks that `down` leaves no process of the stack running.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 from relayq_core.settings import repo_root
+from relayq_devstack.envfile import read_env
 
 pytestmark = pytest.mark.e2e
 
@@ -59,10 +61,11 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
             "RELAYQ_FLOWER_URL",
             "RELAYQ_METRICS_URL",
             "RELAYQ_RECONCILER_URL",
+            "RELAYQ_PROMETHEUS_URL",
+            "RELAYQ_ALERTMANAGER_URL",
+            "RELAYQ_ALERT_SINK_URL",
         ):
             assert f"{name}=" in stack_env
-        import json
-
         pids = [c["pid"] for c in json.loads((state / "stack.json").read_text())["components"]]
         status = run(stack, "status", env=env)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -85,6 +88,16 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
         assert "$ dlq-tool show" in demo.stdout and "card declined" in demo.stdout
         assert "$ dlq-tool replay" in demo.stdout
         assert "throughput" in demo.stdout
+        # Where to look next: the monitoring URLs and the command that lists the alerts.
+        urls = read_env(state / "stack.env")
+        assert f"Prometheus (metrics, alert rules)  {urls['RELAYQ_PROMETHEUS_URL']}" in demo.stdout
+        assert (
+            f"Alertmanager (routing, silences)   {urls['RELAYQ_ALERTMANAGER_URL']}" in demo.stdout
+        )
+        assert "relayq-alerts" in demo.stdout
+        alerts = run(str(BIN / "relayq-alerts"), "--state-dir", str(state), "--json", env=env)
+        assert alerts.returncode == 0, alerts.stderr
+        assert isinstance(json.loads(alerts.stdout), list)
     finally:
         down = run(stack, "down", env=env)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,8 @@ RELAYQ_IMAGE_SERVICES = {
     "flower",
 }
 RELAYQ_PROCESSES = RELAYQ_IMAGE_SERVICES - {"flower"}
-THIRD_PARTY_SERVICES = {"redis", "postgres", "jaeger"}
+THIRD_PARTY_SERVICES = {"redis", "postgres", "jaeger", "prometheus", "alertmanager", "alert-sink"}
+
 ONE_SHOT = {"migrate"}
 SHARED_ENV = (
     "RELAYQ_DATABASE_URL",
@@ -309,6 +311,43 @@ def test_published_ports(model: Model) -> None:
     assert targets("dlq") == {50052}
     assert targets("metrics-gateway") == {9100}
     assert targets("flower") == {5555}
+
+
+def test_alertmanager_is_wired_to_prometheus_and_the_sink(model: Model) -> None:
+    """Prometheus sends to Alertmanager, which loads the committed routing tree, whose receivers
+    post to the alert-sink service, which runs the sink's own file."""
+    svcs = services(model)
+    manager = svcs["alertmanager"]
+    mounts = {m["target"]: m for m in manager["volumes"]}
+    config = mounts["/etc/alertmanager/alertmanager.yml"]
+    assert Path(config["source"]).resolve() == REPO / "observability/alertmanager/alertmanager.yml"
+    assert config.get("read_only") is True
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in manager["command"]
+    assert "--cluster.listen-address=" in manager["command"], "one replica: no gossip"
+    assert {int(p["target"]) for p in manager["ports"]} == {9093}
+    assert manager["depends_on"]["alert-sink"]["condition"] == "service_healthy"
+
+    prometheus = yaml.safe_load((REPO / "observability/prometheus/prometheus.yml").read_text())
+    (target,) = [
+        t
+        for am in prometheus["alerting"]["alertmanagers"]
+        for sc in am["static_configs"]
+        for t in sc["targets"]
+    ]
+    assert target == "alertmanager:9093"
+
+    routing = yaml.safe_load(Path(config["source"]).read_text())
+    urls = {w["url"] for r in routing["receivers"] for w in r.get("webhook_configs", [])}
+    sink = svcs["alert-sink"]
+    sink_port = int(next(a for a in sink["command"] if a.startswith("--port=")).split("=")[1])
+    assert urls == {f"http://alert-sink:{sink_port}/webhook"}
+    sink_mounts = {m["target"]: m for m in sink["volumes"]}
+    script = sink_mounts[sink["command"][1]]
+    assert Path(script["source"]).resolve() == (
+        REPO / "libs/devstack/src/relayq_devstack/alert_sink.py"
+    )
+    assert "--host=0.0.0.0" in sink["command"]
+    assert {int(p["target"]) for p in sink["ports"]} == {sink_port}
 
 
 def test_services_bind_all_interfaces_in_container(model: Model) -> None:

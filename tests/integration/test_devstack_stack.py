@@ -7,7 +7,7 @@ environment variables, so this tests the stack's wiring, not the services.
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,10 +20,11 @@ import pytest
 
 from relayq_devstack.config import StackConfig
 from relayq_devstack.envfile import read_env
-from relayq_devstack.prometheus import PrometheusClient, find_binary
+from relayq_devstack.prometheus import PrometheusClient
 from relayq_devstack.services import ServiceContext, ServiceSpec, relayq_services
 from relayq_devstack.stack import Stack, StackError, dlq_admin_token, down, status, up
 from relayq_devstack.state import StackState, StatePaths
+from tests.observability.prometheus_fixture import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -123,17 +124,18 @@ def cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# The stack runs Prometheus when the binary is installed; CI installs it (.ci/run).
-WITH_PROMETHEUS = find_binary() is not None or bool(os.environ.get("CI"))
-
-
 def test_up_status_env_down(tmp_path: Path) -> None:
+    require_tool("prometheus")
+    require_tool("alertmanager")
     cfg = config(tmp_path, workers=2, timeout=60.0)
     paths = StatePaths(cfg.state_dir)
     stack = Stack(cfg, services=standin_services)
     try:
         info = stack.up()
-        assert set(info.env) - {"RELAYQ_PROMETHEUS_URL"} == {
+        assert set(info.env) == {
+            "RELAYQ_PROMETHEUS_URL",
+            "RELAYQ_ALERTMANAGER_URL",
+            "RELAYQ_ALERT_SINK_URL",
             "RELAYQ_INGEST_GRPC",
             "RELAYQ_INGEST_HTTP",
             "RELAYQ_DLQ_GRPC",
@@ -144,7 +146,6 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "RELAYQ_METRICS_URL",
             "RELAYQ_RECONCILER_URL",
         }
-        assert ("RELAYQ_PROMETHEUS_URL" in info.env) == WITH_PROMETHEUS
         assert read_env(paths.stack_env) == info.env
         assert info.env["RELAYQ_DLQ_ADMIN_TOKEN"] == dlq_admin_token(paths), "the stack's token"
         assert info.env["RELAYQ_INGEST_GRPC"] == f"127.0.0.1:{cfg.ports['ingest_grpc']}"
@@ -164,33 +165,40 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "metrics-gateway",
             "reconciler",
             "flower",
-            *(["prometheus"] if WITH_PROMETHEUS else []),
+            "alert-sink",
+            "alertmanager",
+            "prometheus",
         ]
-        if WITH_PROMETHEUS:
-            # It scrapes every service group that serves metrics (stand-ins answer 404: down).
-            # Ready is not the same as having loaded the targets: on a busy machine the target
-            # list is empty for a moment after Prometheus answers.
-            expected = [
-                "prometheus",
-                "relayq-dlq",
-                "relayq-ingest",
-                "relayq-metrics-gateway",
-                "relayq-reconciler",
-                "relayq-worker",
-                "relayq-worker",
-            ]
-            prometheus = PrometheusClient(info.env["RELAYQ_PROMETHEUS_URL"])
-            deadline = time.monotonic() + 15
+        # It scrapes every service group that serves metrics (stand-ins answer 404: down).
+        # Ready is not the same as having loaded the targets: on a busy machine the target
+        # list is empty for a moment after Prometheus answers.
+        expected = [
+            "prometheus",
+            "relayq-dlq",
+            "relayq-ingest",
+            "relayq-metrics-gateway",
+            "relayq-reconciler",
+            "relayq-worker",
+            "relayq-worker",
+        ]
+        prometheus = PrometheusClient(info.env["RELAYQ_PROMETHEUS_URL"])
+        deadline = time.monotonic() + 15
+        jobs = sorted(t["labels"]["job"] for t in prometheus.targets())
+        while jobs != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
             jobs = sorted(t["labels"]["job"] for t in prometheus.targets())
-            while jobs != expected and time.monotonic() < deadline:
-                time.sleep(0.2)
-                jobs = sorted(t["labels"]["job"] for t in prometheus.targets())
-            assert jobs == expected
+        assert jobs == expected
 
         # From another process, as a developer would.
         shown = cli(cfg.state_dir, "status")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "stack: healthy" in shown.stdout
+        assert f"alertmanager: {info.env['RELAYQ_ALERTMANAGER_URL']}" in shown.stdout
+        # A number (an always-firing watchdog alert may have arrived already), not an error.
+        assert re.search(r"^alerts received: \d+ firing", shown.stdout, re.M), shown.stdout
+        rendered = cfg.state_dir / "alertmanager" / "alertmanager.yml"
+        assert f"url: {info.env['RELAYQ_ALERT_SINK_URL']}/webhook" in rendered.read_text()
+        assert (cfg.state_dir / "prometheus" / "rules" / "alerts.yml").is_file()
         printed = cli(cfg.state_dir, "env")
         assert printed.returncode == 0 and "RELAYQ_DLQ_GRPC=" in printed.stdout
 

@@ -3,8 +3,9 @@
 The server itself is :mod:`relayq_devstack.prometheus` (the local stack runs the same code); this
 module adds what only tests need:
 
-- :func:`require_tool`: ``prometheus`` / ``promtool``, failing in CI and skipping elsewhere when
-  missing (``.ci/run`` installs Debian's ``prometheus`` package, which ships both);
+- :func:`require_tool`: ``prometheus`` / ``promtool`` / ``alertmanager`` / ``amtool``, failing
+  everywhere with the install command when missing (``make setup`` installs Debian's
+  ``prometheus`` and ``prometheus-alertmanager`` packages);
 - :func:`scaled_rules`: the committed rule files with every ``for:`` and every PromQL range,
   subquery and offset multiplied by a factor, so that an alert that needs 15 minutes in
   production fires in seconds against a Prometheus that scrapes and evaluates every second.
@@ -35,7 +36,7 @@ import pytest
 import yaml
 
 from relayq_core.settings import repo_root
-from relayq_devstack.prometheus import find_binary
+from relayq_devstack.tools import find_tool, missing_message
 
 REPO = repo_root()
 PROMETHEUS_DIR = REPO / "observability" / "prometheus"
@@ -55,15 +56,13 @@ _STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|`[^`]*`")
 
 
 def require_tool(name: str) -> Path:
-    """The path of ``name`` (``prometheus`` or ``promtool``). Missing: the test fails, everywhere,
-    with the command that installs it (a skipped test would let a green run hide it)."""
-    found = find_binary(name)
+    """The path of ``name`` (``prometheus``, ``promtool``, ``alertmanager`` or ``amtool``).
+    Missing: the test fails, everywhere, with the command that installs it (a skipped test would
+    let a green run hide it)."""
+    found = find_tool(name)
     if found is not None:
         return found
-    pytest.fail(
-        f"{name} is not installed: sudo apt-get install -y --no-install-recommends prometheus"
-        " (.ci/run installs it)"
-    )
+    pytest.fail(missing_message(name))
 
 
 def parse_duration(text: str) -> float:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import structlog
 
+from relayq_devstack.alerts import SINK_URL_VAR, firing_count
 from relayq_devstack.config import DEFAULT_PORTS, StackConfig, resolve_state_dir
+from relayq_devstack.envfile import read_env
 from relayq_devstack.stack import StackError, StackInfo, down, status, up
 from relayq_devstack.state import StatePaths
 
@@ -64,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SERVICE",
-        help="do not start: ingest, dlq, worker, metrics-gateway, reconciler, flower or "
-        "prometheus (repeatable)",
+        help="do not start: ingest, dlq, worker, metrics-gateway, reconciler, flower, "
+        "prometheus, alertmanager or alert-sink (repeatable)",
     )
     p_up.add_argument(
         "--fast", action="store_true", help="PostgreSQL without fsync (throwaway data only)"
@@ -100,6 +102,7 @@ def _print_info(info: StackInfo) -> None:
 def _cmd_up(args: argparse.Namespace) -> int:
     skip = frozenset(args.skip)
     known = {"ingest", "dlq", "worker", "metrics-gateway", "reconciler", "flower", "prometheus"}
+    known |= {"alertmanager", "alert-sink"}
     if skip - known:
         print(f"unknown service(s) to skip: {', '.join(sorted(skip - known))}", file=sys.stderr)
         return EXIT_FAILED
@@ -153,7 +156,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     ]
     _print_table(rows, indent="")
     print(f"stack: {report.overall}" + (" (still starting)" if report.phase == "starting" else ""))
+    _print_alerting(StatePaths(report.state_dir).stack_env)
     return {"healthy": EXIT_OK, "stopped": EXIT_NOT_RUNNING}.get(report.overall, EXIT_FAILED)
+
+
+def _print_alerting(env_file: Path) -> None:
+    """The Alertmanager URL and how many alerts its sink last heard of as firing."""
+    try:
+        env = read_env(env_file)
+    except FileNotFoundError:
+        return
+    if "RELAYQ_ALERTMANAGER_URL" in env:
+        print(f"alertmanager: {env['RELAYQ_ALERTMANAGER_URL']}")
+    if SINK_URL_VAR in env:
+        count = firing_count(env[SINK_URL_VAR])
+        shown = "the alert sink does not answer" if count is None else f"{count} firing"
+        print(f"alerts received: {shown} (relayq-alerts lists them)")
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

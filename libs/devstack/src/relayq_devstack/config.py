@@ -22,6 +22,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "dlq_metrics": 9101,
     "prometheus": 9090,
     "reconciler": 9102,
+    "alertmanager": 9093,
+    "alert_sink": 9095,
 }
 
 
@@ -64,6 +66,16 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(environ: Mapping[str, str], name: str) -> float | None:
+    raw = environ.get(name)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Everything ``up`` needs to know.
@@ -86,6 +98,20 @@ class StackConfig:
     fast: bool = False
     skip: frozenset[str] = frozenset()
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    # Alerting (docs/observability.md, "Alerting"). ``rule_time_scale`` > 1 divides every rule
+    # window and ``for:``, and Alertmanager's group timers, by it (incident rehearsals);
+    # ``scrape_interval`` (seconds) is Prometheus's scrape and evaluation interval, None: 5 s,
+    # or 1 s when the rules are scaled; ``runbook_base`` replaces the rules' runbook link base.
+    rule_time_scale: float = 1.0
+    scrape_interval: float | None = None
+    runbook_base: str | None = None
+
+    @property
+    def prometheus_interval(self) -> float:
+        """Prometheus's scrape and evaluation interval, in seconds."""
+        if self.scrape_interval is not None:
+            return self.scrape_interval
+        return 5.0 if self.rule_time_scale == 1 else 1.0
 
     @classmethod
     def from_env(
@@ -114,8 +140,15 @@ class StackConfig:
             concurrency=_int(env, "RELAYQ_STACK_WORKER_CONCURRENCY", 2),
             ports={**DEFAULT_PORTS, **port_overrides},
             explicit_ports=frozenset(port_overrides),
+            rule_time_scale=_float(env, "RELAYQ_STACK_RULE_TIME_SCALE") or 1.0,
+            scrape_interval=_float(env, "RELAYQ_STACK_SCRAPE_INTERVAL"),
+            runbook_base=env.get("RELAYQ_RUNBOOK_BASE_URL") or None,
         )
         config = replace(base, **given)
         if config.workers < 1 or config.concurrency < 1:
             raise ValueError("workers and concurrency must be at least 1")
+        if config.rule_time_scale < 1:
+            raise ValueError("RELAYQ_STACK_RULE_TIME_SCALE must be at least 1 (1: real windows)")
+        if config.scrape_interval is not None and config.scrape_interval <= 0:
+            raise ValueError("RELAYQ_STACK_SCRAPE_INTERVAL must be a positive number of seconds")
         return config

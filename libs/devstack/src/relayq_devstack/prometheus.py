@@ -25,6 +25,7 @@ from relayq_devstack.health import HttpOk
 from relayq_devstack.ports import free_port
 from relayq_devstack.process import ProcessFailed, ServiceProcess
 from relayq_devstack.services import HOST, ServiceContext, ServiceSpec
+from relayq_devstack.tools import missing_message
 
 __all__ = [
     "PrometheusClient",
@@ -103,9 +104,10 @@ def render_config(
     rules: Sequence[Path] = (),
     interval: float = 1.0,
     external_labels: Mapping[str, str] | None = None,
+    alertmanagers: Sequence[str] = (),
 ) -> str:
     """A ``prometheus.yml`` (written as JSON, which is YAML) scraping ``jobs`` and evaluating
-    ``rules`` every ``interval`` seconds."""
+    ``rules`` every ``interval`` seconds, sending alerts to ``alertmanagers`` (``host:port``)."""
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": _duration(interval),
@@ -123,6 +125,10 @@ def render_config(
             for job in jobs
         ],
     }
+    if alertmanagers:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]
+        }
     return json.dumps(config, indent=2) + "\n"
 
 
@@ -154,10 +160,17 @@ def scrape_jobs(specs: Iterable[ServiceSpec]) -> list[ScrapeJob]:
 
 
 def prometheus_service(
-    ctx: ServiceContext, specs: Sequence[ServiceSpec], root: Path
+    ctx: ServiceContext,
+    specs: Sequence[ServiceSpec],
+    root: Path,
+    *,
+    rules: Sequence[Path] | None = None,
+    interval: float = STACK_INTERVAL,
+    alertmanagers: Sequence[str] = (),
 ) -> ServiceSpec | None:
-    """The stack's Prometheus (config and data under ``root``), scraping ``specs``; None when
-    the binary is not installed."""
+    """The stack's Prometheus (config and data under ``root``), scraping ``specs`` and
+    evaluating ``rules`` (default: the committed files in place) every ``interval`` seconds,
+    alerting to ``alertmanagers``; None when the binary is not installed."""
     binary = find_binary()
     if binary is None:
         return None
@@ -166,8 +179,9 @@ def prometheus_service(
     url = f"http://{HOST}:{port}"
     text = render_config(
         [ScrapeJob("prometheus", (f"{HOST}:{port}",)), *scrape_jobs(specs)],
-        rules=rule_files(),
-        interval=STACK_INTERVAL,
+        rules=rule_files() if rules is None else rules,
+        interval=interval,
+        alertmanagers=alertmanagers,
     )
     return ServiceSpec(
         name="prometheus",
@@ -343,20 +357,25 @@ def start_prometheus(
     port: int | None = None,
     binary: Path | None = None,
     timeout: float = 30.0,
+    alertmanagers: Sequence[str] = (),
 ) -> PrometheusServer:
     """Starts Prometheus with its config, data and log under ``workdir`` and waits until it is
     ready. ``rules`` defaults to the committed rule files; ``interval`` is both the scrape and
-    the evaluation interval. Raises :class:`FileNotFoundError` when the binary is missing, and
-    :class:`ProcessFailed` (with its log) when it does not come up.
+    the evaluation interval; alerts go to ``alertmanagers`` (``host:port``). Raises
+    :class:`FileNotFoundError` when the binary is missing, and :class:`ProcessFailed` (with its
+    log) when it does not come up.
     """
     found = binary or find_binary()
     if found is None:
-        raise FileNotFoundError("prometheus is not installed (apt-get install prometheus)")
+        raise FileNotFoundError(missing_message("prometheus"))
     rule_list = list(rule_files() if rules is None else rules)
     jobs = list(jobs)
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
-    config.write_text(render_config(jobs, rules=rule_list, interval=interval), encoding="utf-8")
+    config.write_text(
+        render_config(jobs, rules=rule_list, interval=interval, alertmanagers=alertmanagers),
+        encoding="utf-8",
+    )
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()

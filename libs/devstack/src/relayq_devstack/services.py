@@ -78,6 +78,8 @@ PORTS_BY_GROUP: dict[str, tuple[str, ...]] = {
     "reconciler": ("reconciler",),
     "flower": ("flower",),
     "prometheus": ("prometheus",),
+    "alertmanager": ("alertmanager",),
+    "alert-sink": ("alert_sink",),
 }
 
 
@@ -224,4 +226,9 @@ def stack_env(ctx: ServiceContext, groups: set[str]) -> dict[str, str]:
         env["RELAYQ_RECONCILER_URL"] = f"http://{HOST}:{p['reconciler']}"
     if "prometheus" in groups:
         env["RELAYQ_PROMETHEUS_URL"] = f"http://{HOST}:{p['prometheus']}"
+    if "alertmanager" in groups:
+        env["RELAYQ_ALERTMANAGER_URL"] = f"http://{HOST}:{p['alertmanager']}"
+    if "alert-sink" in groups:
+        # `relayq-alerts` reads the notifications Alertmanager sent from there.
+        env["RELAYQ_ALERT_SINK_URL"] = f"http://{HOST}:{p['alert_sink']}"
     return env

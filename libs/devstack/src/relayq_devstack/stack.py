@@ -27,10 +27,10 @@ from relayq_devstack.health import (
     postgres_ready,
     redis_ping,
 )
+from relayq_devstack.monitoring import monitoring_specs
 from relayq_devstack.ports import free_port, pick_port, port_is_free
 from relayq_devstack.postgres import PostgresServer, start_postgres
 from relayq_devstack.process import ProcessFailed, ServiceProcess, Stoppable, stop_all
-from relayq_devstack.prometheus import prometheus_service
 from relayq_devstack.redis import RedisServer, start_redis
 from relayq_devstack.services import (
     PORTS_BY_GROUP,
@@ -331,16 +331,12 @@ class Stack:
         )
 
     def _specs(self, ctx: ServiceContext) -> list[ServiceSpec]:
-        """The services to start (Prometheus included when installed), each installed."""
+        """The services to start (Prometheus, Alertmanager and the alert sink included when
+        installed), each installed."""
         specs = [s for s in self.services(ctx) if s.group not in self.config.skip]
-        if "prometheus" not in self.config.skip:
-            prometheus = prometheus_service(ctx, specs, self.paths.root / "prometheus")
-            if prometheus is None:
-                note = "prometheus is not installed (apt-get install prometheus): not started"
-                if note not in self.state.notes:
-                    self.state.notes.append(note)
-            else:
-                specs.append(prometheus)
+        monitoring, notes = monitoring_specs(ctx, specs, self.config, self.paths)
+        specs += monitoring
+        self.state.notes += [n for n in notes if n not in self.state.notes]
         missing = sorted({s.argv[0] for s in specs if not Path(s.argv[0]).exists()})
         if self.migrate and not Path(migrate_argv(ctx)[0]).exists():
             missing.insert(0, migrate_argv(ctx)[0])
