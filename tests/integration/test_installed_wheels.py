@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ from tests.integration.test_compose import (
     IMAGE,
     REPO,
     _compose_binary,
+    _workspace_members,
     dockerfile_instructions,
     load_model,
 )
@@ -159,7 +161,11 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Wheel]:
     out = tmp_path_factory.mktemp("wheels")
     _uv("build", "--all-packages", "--wheel", "--quiet", "-o", str(out), cwd=REPO)
     built = [read_wheel(p) for p in sorted(out.glob("*.whl"))]
-    assert len(built) >= 7, f"expected a wheel per workspace member, got {built}"
+    members = set()
+    for member in _workspace_members():
+        with (REPO / member / "pyproject.toml").open("rb") as fh:
+            members.add(_norm(tomllib.load(fh)["project"]["name"]))
+    assert {w.name for w in built} == members, "a wheel per workspace member"
     return built
 
 
