@@ -32,7 +32,7 @@ from relayq_core.db.ledger import JobLedger, connect, create_pool
 from relayq_core.db.migrate import migrate_ledger
 from relayq_core.grpc_server import RunningServer, start_server
 from relayq_core.publish import Publisher
-from relayq_core.settings import repo_root
+from relayq_core.settings import packaged_default, repo_root
 from relayq_devstack.health import celery_workers_ready, grpc_healthy
 from relayq_devstack.ports import free_port
 from relayq_devstack.postgres import PostgresServer, start_postgres
@@ -46,7 +46,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
-    return load_catalog(REPO / "config" / "tasks.toml")
+    return load_catalog(packaged_default("tasks.toml"))
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +93,7 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
         RELAYQ_DATABASE_URL=database_url,
         RELAYQ_REDIS_URL=redis_url,
         RELAYQ_LOG_JSON="true",
-        RELAYQ_CATALOG=str(REPO / "config" / "tasks.toml"),
+        RELAYQ_CATALOG=str(packaged_default("tasks.toml")),
     )
     env.update(extra)
     return env

@@ -10,11 +10,11 @@ from google.protobuf import struct_pb2
 from hypothesis import strategies as st
 
 from relayq_core.catalog import load_catalog
-from relayq_core.settings import repo_root
+from relayq_core.settings import packaged_default
 
 #: The catalogue's tasks: the only names ingest accepts (Hypothesis also draws string constants
 #: it finds in the code, so a name missing here would come up as an "unknown" task accepted).
-TASKS = tuple(sorted(load_catalog(repo_root() / "config" / "tasks.toml").tasks))
+TASKS = tuple(sorted(load_catalog(packaged_default("tasks.toml")).tasks))
 
 #: Text that has broken parsers, SQL and terminals before.
 NASTY = (

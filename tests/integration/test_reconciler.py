@@ -29,11 +29,12 @@ from relayq_core.db.migrate import migrate_ledger
 from relayq_core.jobs import JobSpec
 from relayq_core.publish import Publisher
 from relayq_core.reconcile import EPOCH_KEY, Deadlines, Reason, Reconciler
+from relayq_core.settings import packaged_default
 from relayq_devstack.ports import free_port
 from relayq_devstack.postgres import PostgresServer
 from relayq_devstack.process import ServiceProcess
 from relayq_devstack.redis import RedisServer, start_redis
-from tests.conftest import BIN, REPO, service_env
+from tests.conftest import BIN, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -329,7 +330,7 @@ def reconciler_process(
             broker.url,
             RELAYQ_RECONCILER_PORT=str(port),
             RELAYQ_RECONCILER_INTERVAL_SECONDS="0.2",
-            RELAYQ_CATALOG=str(REPO / "config" / "tasks.toml"),
+            RELAYQ_CATALOG=str(packaged_default("tasks.toml")),
             **env,
         ),
         inherit_env=False,

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relayq_core.retry import PolicyError, RetryPolicy, load_policies
-from relayq_core.settings import repo_root
+from relayq_core.settings import packaged_default
 from worker_svc.runner import DeadLetter, Done, Failure, Outcome, Reason, Retry, RunResult, decide
 
 policies = st.builds(
@@ -45,7 +45,7 @@ def test_the_schedule_grows_by_the_factor_until_the_cap(policy: RetryPolicy) -> 
 
 
 def test_default_policy_is_the_briefs() -> None:
-    policy = load_policies(repo_root() / "config" / "retry.toml").default
+    policy = load_policies(packaged_default("retry.toml")).default
     assert [policy.nominal_delay(n) for n in range(1, 6)] == [2, 4, 8, 16, 32]
     assert policy.max_retries == 5 and policy.jitter == 0.2
     assert sum(policy.nominal_delay(n) for n in range(1, 6)) == 62

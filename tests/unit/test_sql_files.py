@@ -35,9 +35,13 @@ def test_ledger_migrations_are_numbered_without_gaps() -> None:
 
 @pytest.mark.parametrize(
     ("names", "problem"),
-    [(["0001_a.sql", "0003_c.sql"], "expected version 0002"), (["1_a.sql"], "NNNN_name.sql")],
+    [
+        (["0001_a.sql", "0003_c.sql"], "expected version 0002"),
+        (["1_a.sql"], "NNNN_name.sql"),
+        ([], "no NNNN_name.sql migrations"),
+    ],
 )
-def test_discover_refuses_gaps_and_bad_names(
+def test_discover_refuses_gaps_bad_names_and_an_empty_folder(
     tmp_path: Path, names: list[str], problem: str
 ) -> None:
     for name in names:

@@ -112,7 +112,7 @@ def test_grpc_payloads_keep_non_finite_numbers_for_validation_to_refuse() -> Non
 
 def test_repository_catalog_is_valid() -> None:
     from relayq_core.catalog import load_catalog
-    from relayq_core.settings import repo_root
+    from relayq_core.settings import packaged_default
 
-    catalog = load_catalog(repo_root() / "config" / "tasks.toml")
+    catalog = load_catalog(packaged_default("tasks.toml"))
     assert {"demo.echo", "demo.slow"} <= set(catalog.tasks)

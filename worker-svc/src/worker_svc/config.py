@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from relayq_core.settings import CommonSettings, repo_root
+from relayq_core.settings import CommonSettings, packaged_default
 
 
 class WorkerSettings(CommonSettings):
@@ -21,7 +21,7 @@ class WorkerSettings(CommonSettings):
     queues: str = Field("", description="Comma-separated queues; empty: every catalogue queue")
     prefetch_multiplier: int = Field(1, gt=0)
     retry_policy_path: Path = Field(
-        default_factory=lambda: repo_root() / "config" / "retry.toml",
+        default_factory=lambda: packaged_default("retry.toml"),
         validation_alias="RELAYQ_RETRY_POLICY",
         description="The retry policy file (TOML)",
     )

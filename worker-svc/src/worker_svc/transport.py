@@ -25,10 +25,12 @@ finishes and its message is acknowledged (``AttributeError: 'NoneType' object ha
 'client'``). Celery's answer is ``worker_cancel_long_running_tasks_on_connection_loss``: kill
 such jobs. relayq keeps them running instead (their outcome lands in the ledger) and makes the
 detached channel's restore, ack and reject give up quietly: the broker cannot be told anything
-on that connection anyway. The messages stay in Redis's unacked hash, from where Redis's
-visibility timeout, or sooner the reconciler (overdue retries, unheld running jobs), brings
-their jobs back if they still need it; a finished job's message redelivered is a duplicate,
-which the worker's claim turns into a no-op.
+on that connection anyway. Without ack emulation (:class:`LedgerQoS`, what the worker runs) the
+messages left Redis when they were delivered, so nothing redelivers them: the reconciler
+(overdue retries, unheld running jobs) re-publishes the jobs that still need it. (:class:`QoS`,
+for a consumer with the emulation on, leaves them in Redis's unacked hash, which kombu
+redelivers after the visibility timeout.) A finished job's message re-published is a
+duplicate, which the worker's claim turns into a no-op.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The task catalogue: which task names exist and which queue each goes to.
 
-It is data (``config/tasks.toml``), read once per process. Ingest validates submissions against
-it without importing worker code; workers check they can run every task it lists.
+It is data (``relayq_core/defaults/tasks.toml`` unless ``RELAYQ_CATALOG`` names another), read
+once per process. Ingest validates submissions against it without importing worker code; workers
+check they can run every task it lists.
 """
 
 from __future__ import annotations

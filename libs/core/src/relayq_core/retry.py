@@ -1,7 +1,8 @@
 """Retry policies as data: exponential backoff with bounded jitter, per task.
 
-The file (``config/retry.toml`` by default) has a ``[default]`` table and ``[tasks."name"]``
-overrides; an override inherits every key it does not set. Retry ``n`` (1-based) waits
+The file (``relayq_core/defaults/retry.toml`` unless ``RELAYQ_RETRY_POLICY`` names another) has a
+``[default]`` table and ``[tasks."name"]`` overrides; an override inherits every key it does not
+set. Retry ``n`` (1-based) waits
 
     min(base_delay_seconds * factor ** (n - 1), max_delay_seconds) * uniform(1 - jitter, 1 + jitter)
 

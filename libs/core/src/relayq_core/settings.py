@@ -5,10 +5,15 @@ Each service has one ``config.py`` with a pydantic-settings class under its own 
 values the whole fleet shares (database, broker, logging, task catalogue) keep their stack-wide
 names (``RELAYQ_DATABASE_URL``, ``RELAYQ_REDIS_URL`` ...), so one ``.relayq/stack.env``
 configures every process. Nothing outside the ``config.py`` modules reads ``os.environ``.
+
+The default data files (the task catalogue, the retry policies) ship inside this package
+(``relayq_core/defaults/``), so an installed wheel (the Docker image) finds them as an editable
+checkout does; ``RELAYQ_CATALOG`` and ``RELAYQ_RETRY_POLICY`` point at other files.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Self
 
@@ -24,8 +29,19 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def repo_root() -> Path:
-    """The source checkout this package runs from (editable installs, the local stack, tests)."""
+    """The source checkout this package runs from: for tests and dev tools only. An installed
+    package has no checkout, so a service must never find its files through this."""
     return Path(__file__).resolve().parents[4]
+
+
+def packaged_default(name: str) -> Path:
+    """The default data file ``name`` shipped in ``relayq_core/defaults/`` (``tasks.toml``,
+    ``retry.toml``), wherever the package is installed."""
+    resource = files("relayq_core").joinpath("defaults", name)
+    # Wheels install as plain files; a zipped install would need importlib.resources.as_file.
+    if not isinstance(resource, Path):
+        raise RuntimeError(f"relayq_core is not installed as files: cannot read {resource}")
+    return resource
 
 
 class CommonSettings(BaseSettings):
@@ -44,7 +60,7 @@ class CommonSettings(BaseSettings):
         True, validation_alias="RELAYQ_LOG_JSON", description="false: human console rendering"
     )
     catalog_path: Path = Field(
-        default_factory=lambda: repo_root() / "config" / "tasks.toml",
+        default_factory=lambda: packaged_default("tasks.toml"),
         validation_alias="RELAYQ_CATALOG",
         description="The task catalogue (TOML): task names, queues, retry policies",
     )

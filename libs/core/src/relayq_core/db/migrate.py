@@ -44,7 +44,8 @@ class Migration:
 
 
 def discover(directory: Path) -> list[Migration]:
-    """The migrations in ``directory``, by version; refuses gaps, duplicates and stray files."""
+    """The migrations in ``directory``, by version; refuses gaps, duplicates and stray files,
+    and a folder with none (a package installed without its SQL must not "migrate" nothing)."""
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
         m = _FILE.match(path.name)
@@ -54,6 +55,8 @@ def discover(directory: Path) -> list[Migration]:
     for expected, mig in enumerate(found, start=1):
         if mig.version != expected:
             raise ValueError(f"{mig.path}: expected version {expected:04d} (no gaps or repeats)")
+    if not found:
+        raise ValueError(f"{directory}: no NNNN_name.sql migrations here")
     return found
 
 
