@@ -29,7 +29,7 @@ import pytest
 from relayq_core.db.ledger import JobLedger
 from relayq_core.retry import RetryPolicy
 from tests.integration.delivery_support import Kills, new_job
-from tests.support.slow_accept import SlowAccept
+from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Retry, handle
 from worker_svc.runtime import DeliveryLimits, Runtime
@@ -42,7 +42,7 @@ LEDGER = JobLedger()
 async def test_a_cancelled_downstream_statement_is_over_before_the_retry(
     database_url: str, observer: asyncpg.Connection
 ) -> None:
-    proxy = SlowAccept(database_url)
+    proxy = Proxy(database_url)
     await proxy.start()
     via_proxy = proxy.url
 

@@ -25,7 +25,7 @@ import pytest
 from relayq_core.db.ledger import JobLedger
 from relayq_core.retry import RetryPolicy
 from tests.integration.delivery_support import new_job
-from tests.support.slow_accept import SlowAccept
+from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Deferred, handle
 from worker_svc.runtime import DeliveryLimits, Runtime
@@ -48,7 +48,7 @@ class TimedKills:
 async def test_work_left_running_is_killed_before_its_lease_can_run_out(
     database_url: str, observer: asyncpg.Connection
 ) -> None:
-    proxy = SlowAccept(database_url)
+    proxy = Proxy(database_url)
     await proxy.start()
     via_proxy = proxy.url
 

@@ -121,6 +121,8 @@ class Attempt:
         self._executor: TrackedExecutor | None = None
         #: The handler's offloaded work outlived it: the process must end (after recording).
         self.must_kill = False
+        #: A success left tasks or threads running, not waited for (see quiesce).
+        self._work_left = False
 
     def begin(self, claim: Claim, lease_sent: float, record_timeout: TimeoutRecorder) -> None:
         """The handler is about to run: the connection's loss stops it, the supervisor watches
@@ -170,7 +172,12 @@ class Attempt:
         for task in leftover:
             if not _asyncpg_cancel_request(task):
                 task.cancel()
-        if wait:
+        if not wait:
+            # A success: nothing waited for, so whatever is still running may outlive the
+            # attempt until the outcome is recorded (the lease kill stays armed meanwhile).
+            executor = self._executor
+            self._work_left = bool(leftover) or (executor is not None and executor.busy > 0)
+        else:
             # Half the kill grace: decided here, on the loop, before the supervisor's hard
             # deadline (time limit + grace) would make it decide from its thread.
             grace = self.runtime.limits.kill_grace_seconds / 2
@@ -182,6 +189,7 @@ class Attempt:
             executor = self._executor
             if executor is not None and not await executor.idle(remaining):
                 self.must_kill = True
+            self._work_left = self.must_kill
             if self.must_kill:
                 log.error(
                     "job_attempt_left_work_running",
@@ -241,7 +249,8 @@ class Attempt:
         armed, so the process dies before the lease can run out even when recording the outcome
         takes longer than that (a fresh connection that is slow to open, say)."""
         if self._watch is not None:
-            self._watch.handler_done = not self.must_kill  # re-armed if a later look finds work
+            self._watch.handler_done = True
+            self._watch.work_left = self.must_kill or self._work_left
         self.runtime.attempt = None
 
     def end(self) -> None:

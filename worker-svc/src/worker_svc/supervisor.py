@@ -80,8 +80,12 @@ class Watch:
     timeout: float
     stop: Callable[[str], None]
     record_timeout: Callable[[asyncpg.Connection], Coroutine[Any, Any, bool]]
-    #: Set by the runner when the handler has returned: nothing left to cancel or kill.
+    #: Set by the runner when the handler has returned: no time limit left to enforce.
     handler_done: bool = False
+    #: Set by the runner while work the handler started may still run after it returned (its
+    #: tasks or threads, not yet known to be over): the lease kill stays armed, so that work
+    #: never outlives the lease, whatever recording the outcome takes.
+    work_left: bool = False
     lease_deadline: float = 0.0
     next_renewal: float = 0.0
     stop_sent: bool = False
@@ -175,7 +179,12 @@ class Supervisor:
                         self._cond.wait(self.poll_seconds)
                         continue
                     renew_at, kill_at, hard_at = self._deadlines(watch)
-                    due = min(renew_at, kill_at, hard_at) if not watch.handler_done else renew_at
+                    if not watch.handler_done:
+                        due = min(renew_at, kill_at, hard_at)
+                    elif watch.work_left:
+                        due = min(renew_at, kill_at)
+                    else:
+                        due = renew_at
                     wait = due - self._clock()
                     if wait > 0:
                         # Never longer than the poll: the watch may end, and another begin.
@@ -186,6 +195,11 @@ class Supervisor:
         finally:
             if self._conn is not None and not self._conn.is_closed():
                 self._conn.terminate()
+            # A terminated connection's socket is closed by a callback of the loop: let it run
+            # (and that of any call cut short before), or the socket is left to the collector.
+            # (call_soon is FIFO: they run before the stop.)
+            self._loop.call_soon(self._loop.stop)
+            self._loop.run_forever()
             self._loop.close()
 
     def _current(self, watch: Watch) -> bool:
@@ -198,11 +212,11 @@ class Supervisor:
         if not watch.handler_done and now >= hard_at and not watch.timed_out:
             watch.timed_out = True
             await self._hard_timeout(watch, kill_at)
-        elif not watch.handler_done and now >= kill_at:
+        elif (not watch.handler_done or watch.work_left) and now >= kill_at:
             self._kill(
                 watch,
                 "lease",
-                "the job's lease could not be renewed and its handler is still running",
+                "the job's lease could not be renewed and its handler or its work is still running",
             )
         elif now >= renew_at:
             await self._renew(watch, kill_at)
