@@ -96,10 +96,45 @@ def _event_text(name: str, attributes: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in attributes.items())
 
 
+def attempts(result: JobTrace) -> list[dict[str, Any]]:
+    """The job's attempts as its spans record them (``relayq.attempt`` with an outcome), in
+    order: number, outcome, error type, dead-letter reason, and where the span is."""
+    found = []
+    for trace in result.traces:
+        for node in trace.nodes:
+            a = node.span.attributes
+            if "relayq.attempt" in a and "relayq.outcome" in a and a.get(JOB_ID) == result.job_id:
+                found.append(
+                    {
+                        "attempt": a["relayq.attempt"],
+                        "outcome": a["relayq.outcome"],
+                        "error_type": a.get("error.type"),
+                        "dlq_reason": a.get("relayq.dlq_reason"),
+                        "trace_id": node.span.trace_id,
+                        "span_id": node.span.span_id,
+                        "start_ns": node.span.start_ns,
+                    }
+                )
+    found.sort(key=lambda f: f["start_ns"])
+    for f in found:
+        del f["start_ns"]
+    return found
+
+
 def render(result: JobTrace, width: int = BAR_WIDTH) -> str:
     """The waterfall as text."""
     spans = sum(len(t.nodes) for t in result.traces)
     lines = [f"job {result.job_id}: {len(result.traces)} trace(s), {spans} spans"]
+    runs = attempts(result)
+    if runs:
+        lines.append(
+            "attempts: "
+            + ", ".join(
+                f"#{r['attempt']} {r['outcome']}"
+                + (f" ({r['dlq_reason']})" if r["dlq_reason"] else "")
+                for r in runs
+            )
+        )
     for number, trace in enumerate(result.traces, start=1):
         lines.append("")
         lines.extend(_render_trace(number, trace, result.job_id, width))
@@ -121,7 +156,7 @@ def _render_trace(number: int, trace: Trace, job_id: str, width: int) -> list[st
             f"+{_duration(span.start_ns - t0):>8} {_duration(span.duration_ns):>8} "
             f"|{_bar(span.start_ns, span.end_ns, t0, total, width)}|"
         )
-        status = {"error": "ERROR", "ok": "OK"}.get(span.status, "-")
+        status = {"error": "ERROR", "ok": "OK"}.get(span.status, "-").ljust(5)
         rows.append(
             (timing, name, span.service, status + " " + " ".join(key_attributes(span, job_id)))
         )
@@ -186,7 +221,12 @@ def as_json(result: JobTrace) -> dict[str, Any]:
                 ],
             }
         )
-    return {"version": JSON_VERSION, "job_id": result.job_id, "traces": traces}
+    return {
+        "version": JSON_VERSION,
+        "job_id": result.job_id,
+        "attempts": attempts(result),
+        "traces": traces,
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
