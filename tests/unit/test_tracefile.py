@@ -27,7 +27,7 @@ def provider(exporter: ProcessSpanFile, batch: bool = False) -> TracerProvider:
 
 def names(path: Path) -> list[str]:
     """Span names in a file, in order (each line one OTLP JSON TracesData)."""
-    found = []
+    found: list[str] = []
     for line in path.read_text().splitlines():
         for rs in json.loads(line)["resourceSpans"]:
             for scope in rs["scopeSpans"]:
