@@ -9,6 +9,8 @@ spans around them.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,3 +292,14 @@ def test_the_cli_prints_the_waterfall_and_json(
     assert capsys.readouterr().out == EXPECTED
     assert trace_cli.main(["job-1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["job_id"] == "job-1"
+
+
+def test_the_command_starts_without_importing_the_stacks_servers() -> None:
+    """On call, at 3am: relayq-trace answers in a fraction of a second (redis alone costs ~2 s
+    to import), so the package imports its server modules on first use only."""
+    code = (
+        "import sys, relayq_devstack.trace_cli; "
+        "print(sorted({'redis', 'psutil'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
