@@ -27,6 +27,8 @@ from opentelemetry.util.types import AttributeValue
 
 from relayq_core.settings import DEFAULT_TRACES_MAX_BYTES
 
+#: How often finished spans are written to the span files (milliseconds).
+FILE_EXPORT_DELAY_MS = 1000
 #: The attribute naming the one job a span concerns.
 JOB_ID = "relayq.job_id"
 #: The attribute listing the jobs a span concerns when there are several (a batch).
@@ -60,8 +62,13 @@ def configure_tracing(
     if traces_dir is not None:
         from relayq_core.tracefile import ProcessSpanFile
 
+        # A local write is cheap, and the person running relayq-trace wants what just happened:
+        # batches leave every second (the OTLP exporter keeps the SDK's 5 s default).
         provider.add_span_processor(
-            BatchSpanProcessor(ProcessSpanFile(traces_dir, service, traces_max_bytes))
+            BatchSpanProcessor(
+                ProcessSpanFile(traces_dir, service, traces_max_bytes),
+                schedule_delay_millis=FILE_EXPORT_DELAY_MS,
+            )
         )
     trace.set_tracer_provider(provider)
     if grpc_server:
