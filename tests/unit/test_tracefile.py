@@ -119,3 +119,17 @@ def test_the_setting_is_read_from_relayq_traces_dir(
     assert settings.traces_dir == tmp_path and settings.traces_max_bytes == 1000
     monkeypatch.setenv("RELAYQ_TRACES_DIR", "")
     assert CommonSettings().traces_dir is None
+
+
+def test_a_file_deleted_under_a_writer_is_made_again(tmp_path: Path) -> None:
+    """Another process's pruning may delete a live file: the next export starts a new one."""
+    exporter = ProcessSpanFile(tmp_path, "svc", 1 << 20)
+    tracer = provider(exporter).get_tracer("t")
+    with tracer.start_as_current_span("before"):
+        pass
+    exporter.path.unlink()
+    with tracer.start_as_current_span("lost with the deleted file"):
+        pass
+    with tracer.start_as_current_span("after"):
+        pass
+    assert names(exporter.path) == ["after"]

@@ -20,6 +20,7 @@ shutdown; every export is written and flushed before it returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -110,12 +111,16 @@ class ProcessSpanFile(SpanExporter):
                 return SpanExportResult.FAILURE
             result = current.export(spans)
             try:
-                if self.path.stat().st_size >= self._max_bytes:
-                    current.shutdown()
-                    self._file = None
-                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                full = self.path.stat().st_size >= self._max_bytes
             except OSError:
-                self._file = None  # reopened (appending) on the next export
+                full = False  # pruned by another process while open: a new file next time
+                current.shutdown()
+                self._file = None
+            if full:
+                current.shutdown()
+                self._file = None
+                with contextlib.suppress(OSError):
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
             return result
 
     def shutdown(self) -> None:
