@@ -59,6 +59,7 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
             "RELAYQ_FLOWER_URL",
             "RELAYQ_METRICS_URL",
             "RELAYQ_RECONCILER_URL",
+            "RELAYQ_TRACES_DIR",
         ):
             assert f"{name}=" in stack_env
         import json

@@ -217,6 +217,8 @@ def stack_env(ctx: ServiceContext, groups: set[str]) -> dict[str, str]:
             env["RELAYQ_DLQ_ADMIN_TOKEN"] = ctx.dlq_admin_token
     env["RELAYQ_REDIS_URL"] = ctx.redis_url
     env["RELAYQ_DATABASE_URL"] = ctx.database_url
+    if ctx.traces_dir:  # where relayq-trace reads the services' span files
+        env["RELAYQ_TRACES_DIR"] = str(ctx.traces_dir)
     if "flower" in groups:
         env["RELAYQ_FLOWER_URL"] = f"http://{HOST}:{p['flower']}"
     if "metrics-gateway" in groups:
