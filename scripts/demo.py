@@ -4,7 +4,8 @@
    (``relayq-load``, its progress on the terminal and a ghz report per run), and watch them
    finish.
 2. Kill a worker process mid-run: its job is delivered again, retries show, nothing is lost.
-3. Walk through one dead-lettered job with `dlq-tool show`, and replay it with `dlq-tool replay`.
+3. Walk through one dead-lettered job with `dlq-tool show`, print its trace with `relayq-trace`,
+   and replay it with `dlq-tool replay`.
 
 Reads the endpoints (and the DLQ admin token) from ``.relayq/stack.env``.
 """
@@ -119,6 +120,24 @@ def dlq_tool(env: dict[str, str], *args: str) -> str:
         check=False,
     )
     return (out.stdout + out.stderr).rstrip()
+
+
+def relayq_trace(traces: Path, job_id: str) -> str:
+    """The job's trace as relayq-trace prints it, once its dead letter's spans are written
+    (span files get each process's finished spans every second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(
+            [str(BIN / "relayq-trace"), job_id, "--dir", str(traces)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        text = (out.stdout + out.stderr).rstrip()
+        if "dlq_reason=" in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def load_tool(
@@ -264,6 +283,8 @@ async def run(args: argparse.Namespace) -> int:
         entry = dead[0].job_id
         print(f"\n3. the DLQ: one entry, as the on-call engineer sees it\n$ dlq-tool show {entry}")
         print(dlq_tool(env, "show", entry))
+        print(f"\n$ relayq-trace {entry}   # its trace, from the stack's span files")
+        print(relayq_trace(args.env_file.parent / "traces", entry))
         print(f"\n$ dlq-tool replay {entry} --yes")
         print(dlq_tool(env, "replay", entry, "--yes"))
         print("\n$ dlq-tool stats")

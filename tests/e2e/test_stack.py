@@ -64,6 +64,7 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
             "RELAYQ_PROMETHEUS_URL",
             "RELAYQ_ALERTMANAGER_URL",
             "RELAYQ_ALERT_SINK_URL",
+            "RELAYQ_TRACES_DIR",
         ):
             assert f"{name}=" in stack_env
         pids = [c["pid"] for c in json.loads((state / "stack.json").read_text())["components"]]
@@ -87,6 +88,14 @@ def test_up_demo_status_down(tmp_path: Path) -> None:
         assert "dead-lettered         1" in demo.stdout
         assert "$ dlq-tool show" in demo.stdout and "card declined" in demo.stdout
         assert "$ dlq-tool replay" in demo.stdout
+        # ... and its trace, from the span files every service of the stack writes
+        assert "trace_command      relayq-trace " in demo.stdout
+        trace = demo.stdout.split("$ relayq-trace ", 1)[1].split("\n$ ", 1)[0]
+        assert "/relayq.v1.IngestService/SubmitJob" in trace, trace
+        assert "attempt=1 outcome=dead_lettered error=JobError dlq_reason=permanent_error" in trace
+        assert "dlq-svc" in trace and "exception: JobError: card declined" in trace
+        writers = {p.name.rsplit("-", 1)[0] for p in (state / "traces").glob("*.jsonl")}
+        assert {"ingest-svc", "worker-svc", "dlq-svc"} <= writers
         assert "throughput" in demo.stdout
         # Where to look next: the monitoring URLs and the command that lists the alerts.
         urls = read_env(state / "stack.env")

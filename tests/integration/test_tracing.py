@@ -1,12 +1,21 @@
 """One trace follows a job across ingest, the worker and dlq-svc (real processes, real OTLP).
 
 The test runs its own OTLP/gRPC receiver; ingest-svc, a worker and dlq-svc run as subprocesses
-exporting to it through the standard OTEL_* variables, on a Redis database of their own.
+exporting to it through the standard OTEL_* variables, on a Redis database of their own. They
+also write their spans to files (``RELAYQ_TRACES_DIR``, as in the local stack), which the real
+``relayq-trace`` command reads back.
+
+``RELAYQ_TEST_BREAK_TRACES=worker`` (a test-only switch) starts the worker without the span
+directory: the relayq-trace test must then fail, naming the attempts it cannot find.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -85,15 +94,19 @@ def traced_stack(
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    env = service_env(database_url, broker, **otel)
+    traces = Path(logs) / "traces"
+    env = service_env(database_url, broker, RELAYQ_TRACES_DIR=str(traces), **otel)
     procs: list[ServiceProcess] = []
 
     def start(name: str, script: str, **extra: str) -> ServiceProcess:
+        proc_env = {**env, **extra}
+        if os.environ.get("RELAYQ_TEST_BREAK_TRACES") == name:
+            del proc_env["RELAYQ_TRACES_DIR"]
         proc = ServiceProcess(
             name,
             [str(BIN / script)],
             log_path=Path(logs) / f"{name}.log",
-            env={**env, **extra},
+            env=proc_env,
             inherit_env=False,
         )
         procs.append(proc)
@@ -120,7 +133,11 @@ def traced_stack(
         worker.wait_healthy(
             lambda: celery_workers_ready(broker, 1, name_prefix="traced@"), timeout=60
         )
-        yield {"ingest": f"127.0.0.1:{ports['grpc']}", "dlq": f"127.0.0.1:{ports['dlq']}"}
+        yield {
+            "ingest": f"127.0.0.1:{ports['grpc']}",
+            "dlq": f"127.0.0.1:{ports['dlq']}",
+            "traces": str(traces),
+        }
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=10)
@@ -201,3 +218,159 @@ async def test_a_replay_links_back_to_the_original_trace(
     while job.trace_id not in receiver[0].links.get("relayq.replay", []):
         assert time.monotonic() < deadline, receiver[0].links
         await asyncio.sleep(0.2)
+
+
+async def job_in_state(
+    stub: ingest_pb2_grpc.IngestServiceAsyncStub, job_id: str, state: int
+) -> job_pb2.Job:
+    """The job, once it is in ``state`` (within a minute)."""
+    deadline = time.monotonic() + 60
+    while True:
+        job = (await stub.GetJob(ingest_pb2.GetJobRequest(job_id=job_id))).job
+        if job.state == state:
+            return job
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.1)
+
+
+def relayq_trace(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a person runs it."""
+    return subprocess.run(
+        [str(BIN / "relayq-trace"), *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def story_problems(data: dict[str, Any], job: job_pb2.Job) -> list[str]:
+    """What the JSON of a job that failed 5 times, was dead-lettered, replayed, failed once
+    more and then succeeded lacks ([] when it tells the whole story)."""
+    problems = []
+    traces = data["traces"]
+    if len(traces) != 2:
+        return [f"expected 2 traces (the first run, the replay), got {len(traces)}"]
+    first, replay = traces
+    if first["trace_id"] != job.trace_id:
+        problems.append(f"the first trace is {first['trace_id']}, the job's is {job.trace_id}")
+    root = first["spans"][0]
+    if (root["service"], root["depth"]) != ("ingest-svc", 0) or not root["name"].endswith(
+        "/SubmitJob"
+    ):
+        problems.append(f"the first span is not ingest's SubmitJob: {root}")
+    if root["attributes"].get("relayq.job_id") != job.job_id:
+        problems.append("the submit span does not name the job")
+    if not any(s["name"] == "publish" and s["service"] == "ingest-svc" for s in first["spans"]):
+        problems.append("no publish span from ingest")
+    seen = [(a["attempt"], a["outcome"], a["trace_id"]) for a in data["attempts"]]
+    wanted = [(n, "retry_scheduled", first["trace_id"]) for n in range(1, 5)]
+    wanted += [(5, "dead_lettered", first["trace_id"])]
+    wanted += [(6, "retry_scheduled", replay["trace_id"]), (7, "succeeded", replay["trace_id"])]
+    if seen != wanted:
+        problems.append(f"attempts {seen}, expected {wanted}")
+    runs = {s["span_id"]: s for t in traces for s in t["spans"] if s["name"] == "run/demo.flaky"}
+    for attempt in data["attempts"]:
+        span = runs.get(attempt["span_id"])
+        failed = attempt["outcome"] != "succeeded"
+        if span is None or (span["status"] == "error") != failed:
+            problems.append(f"attempt {attempt['attempt']}: span status {span and span['status']}")
+        elif failed and [e["attributes"].get("exception.type") for e in span["events"]] != [
+            "JobError"
+        ]:
+            problems.append(f"attempt {attempt['attempt']}: events {span['events']}")
+    reports = [
+        s
+        for s in first["spans"]
+        if s["service"] == "dlq-svc" and s["name"].endswith("/ReportDeadLetter")
+    ]
+    if [r["attributes"].get("relayq.dlq_reason") for r in reports] != ["retries_exhausted"]:
+        problems.append(f"dlq-svc's ReportDeadLetter spans: {reports}")
+    replays = [s for s in replay["spans"] if s["name"] == "relayq.replay"]
+    if replay["links_to"] != [first["trace_id"]] or len(replays) != 1:
+        problems.append(f"the replay's trace links to {replay['links_to']}: {replays}")
+    elif [link["trace_id"] for link in replays[0]["links"]] != [first["trace_id"]]:
+        problems.append(f"the replay span links to {replays[0]['links']}")
+    return problems
+
+
+def order_problems(text: str) -> list[str]:
+    """The waterfall's lines must come in the story's order (each step: words its line has)."""
+    lines = text.splitlines()
+    steps: list[tuple[str, ...]] = [
+        ("ingest-svc", "/SubmitJob "),
+        ("ingest-svc", "publish"),
+        *(("worker-svc", "run/demo.flaky", f"attempt={n} ") for n in range(1, 6)),
+        ("dlq-svc", "/ReportDeadLetter", "dlq_reason=retries_exhausted"),
+        ("links to trace",),
+        ("dlq-svc", "relayq.replay"),
+        ("worker-svc", "run/demo.flaky", "attempt=6 "),
+        ("worker-svc", "run/demo.flaky", "attempt=7 outcome=succeeded"),
+    ]
+    problems, at = [], -1
+    for words in steps:
+        found = next(
+            (n for n in range(at + 1, len(lines)) if all(w in lines[n] for w in words)), -1
+        )
+        if found < 0:
+            problems.append(f"no line with {words} after line {at}")
+        else:
+            at = found
+    return problems
+
+
+async def test_relayq_trace_tells_a_dead_lettered_and_replayed_jobs_whole_story(
+    traced_stack: dict[str, str], tmp_path: Path
+) -> None:
+    payload = struct_pb2.Struct()
+    payload.update({"fail_times": 6})  # attempts 1-5 fail (the policy allows 4 retries)
+    async with grpc.aio.insecure_channel(traced_stack["ingest"]) as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        reply = await stub.SubmitJob(
+            ingest_pb2.SubmitJobRequest(task="demo.flaky", payload=payload)
+        )
+        await dead_lettered(stub, reply.job_id)
+        async with grpc.aio.insecure_channel(traced_stack["dlq"]) as dlq_ch:
+            dlq = dead_letter_pb2_grpc.DeadLetterServiceStub(dlq_ch)
+            results = [
+                r.result
+                async for r in dlq.ReplayDeadLetters(
+                    dead_letter_pb2.ReplayDeadLettersRequest(ids=[reply.job_id])
+                )
+            ]
+        assert results == ["replayed"]
+        job = await job_in_state(stub, reply.job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    assert job.attempt_count == 7
+
+    deadline = time.monotonic() + 20
+    while True:  # spans reach the files in batches (every 100 ms here)
+        done = await asyncio.to_thread(
+            relayq_trace, job.job_id, "--dir", traced_stack["traces"], "--json"
+        )
+        assert done.returncode == 0, done.stderr
+        problems = story_problems(json.loads(done.stdout), job)
+        if not problems:
+            break
+        assert time.monotonic() < deadline, problems
+        await asyncio.sleep(0.2)
+    text = await asyncio.to_thread(relayq_trace, job.job_id, "--dir", traced_stack["traces"])
+    assert text.returncode == 0, text.stderr
+    assert order_problems(text.stdout) == [], text.stdout
+    assert text.stdout.splitlines()[1] == (
+        "attempts: #1 retry_scheduled, #2 retry_scheduled, #3 retry_scheduled, "
+        "#4 retry_scheduled, #5 dead_lettered (retries_exhausted), #6 retry_scheduled, "
+        "#7 succeeded"
+    )
+
+    # The same check fails on span files without the worker's: it can tell a story apart.
+    partial = tmp_path / "without-worker"
+    shutil.copytree(traced_stack["traces"], partial, ignore=shutil.ignore_patterns("worker-svc-*"))
+    cut = await asyncio.to_thread(relayq_trace, job.job_id, "--dir", str(partial), "--json")
+    assert cut.returncode == 0, cut.stderr
+    assert any("attempts" in p for p in story_problems(json.loads(cut.stdout), job))
+    assert order_problems(
+        (await asyncio.to_thread(relayq_trace, job.job_id, "--dir", str(partial))).stdout
+    )
+
+    missing = await asyncio.to_thread(relayq_trace, "no-such-job", "--dir", traced_stack["traces"])
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("relayq-trace: no span of job no-such-job in the ")
+    empty = await asyncio.to_thread(relayq_trace, job.job_id, "--dir", str(tmp_path / "none"))
+    assert empty.returncode == 2
+    assert empty.stderr.startswith(f"relayq-trace: no span files in {tmp_path / 'none'}")

@@ -121,6 +121,11 @@ def test_entries_table_empty() -> None:
     assert render.entries_table([], NOW) == "No dead letters match."
 
 
+def test_entry_detail_gives_the_trace_command_quoted_for_the_shell() -> None:
+    text = render.entry_detail(entry(id="job 2; rm", job_id="job 2; rm"), NOW)
+    assert "trace_command      relayq-trace 'job 2; rm'" in text
+
+
 def test_entry_detail_shows_every_field() -> None:
     text = render.entry_detail(entry(), NOW)
     for expected in (
@@ -133,6 +138,7 @@ def test_entry_detail_shows_every_field() -> None:
         "updated_at         2024-05-01T11:55:00Z (5m00s ago)",
         "trace_id           4bf92f3577b34da6a3ce929d0e0e4736",
         "trace_url          http://traces/4bf92f3577b34da6a3ce929d0e0e4736",
+        "trace_command      relayq-trace job-1",
         'payload:\n  {\n    "amount": 1200,',
         '    "ratio": 0.5,',
         "error:\n  TimeoutError: upstream took too long",

@@ -116,6 +116,11 @@ def main() -> None:
         redact_fields=settings.redact_field_names,
     )
     configure_tracing(
-        "dlq-svc", export=settings.otlp_endpoint is not None, grpc_server=True, celery=True
+        "dlq-svc",
+        export=settings.otlp_endpoint is not None,
+        traces_dir=settings.traces_dir,
+        traces_max_bytes=settings.traces_max_bytes,
+        grpc_server=True,
+        celery=True,
     )
     asyncio.run(serve(settings))

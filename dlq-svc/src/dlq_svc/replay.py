@@ -42,6 +42,7 @@ from relayq_core.errors import Unavailable
 from relayq_core.jobs import JobSpec, JobState
 from relayq_core.logging import get_logger, job_context
 from relayq_core.publish import Publisher
+from relayq_core.telemetry import JOB_ID
 
 log = get_logger(__name__)
 
@@ -228,8 +229,10 @@ class Replayer:
                     "relayq.replay",
                     links=_link_to(entry.trace_id),
                     attributes={
-                        "relayq.job_id": job_id,
+                        JOB_ID: job_id,
                         "relayq.replay_of_trace_id": entry.trace_id,
+                        "relayq.replay_actor": actor,
+                        "relayq.dead_letter_count": entry.dead_letter_count,
                     },
                 ):
                     await self._publisher.publish(specs)

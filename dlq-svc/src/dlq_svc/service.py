@@ -27,6 +27,7 @@ from dlq_svc.replay import Replayer
 from dlq_svc.store import Store
 from relayq_core.errors import NotFound
 from relayq_core.logging import get_logger, job_context
+from relayq_core.telemetry import JOB_ID, tag_current_span
 
 log = get_logger(__name__)
 
@@ -46,6 +47,15 @@ class DeadLetters:
     async def report(self, report: DeadLetterReport) -> ReportOutcome:
         """Stores a worker's report (idempotent on job and final attempt)."""
         outcome = await self._store.report(report)
+        tag_current_span(
+            {
+                JOB_ID: report.job_id,
+                "relayq.dlq_reason": report.reason.value,
+                "relayq.attempt": report.final_attempt,
+                "error.type": report.error_type,
+                "relayq.duplicate": outcome.duplicate,
+            }
+        )
         if not outcome.duplicate:
             REPORTS.labels(task=report.task, reason=report.reason.value).inc()
         with job_context(report.job_id, report.idempotency_key, task=report.task):

@@ -126,7 +126,7 @@ class Outbox:
         """Queues newly recorded jobs for the broker; never waits (call after their commit)."""
         if not specs:
             return
-        origin = _Origin(publish_span(len(specs)), len(specs))
+        origin = _Origin(publish_span([spec.job_id for spec in specs]), len(specs))
         headers = trace_headers(trace.set_span_in_context(origin.span))
         now = time.monotonic()
         entries = [

@@ -25,6 +25,7 @@ from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
 from relayq_core.jobs import JobRecord, JobSpec, JobState, SubmitResult
 from relayq_core.logging import get_logger, job_context
 from relayq_core.publish import Publisher
+from relayq_core.telemetry import job_attributes, tag_current_span
 
 log = get_logger(__name__)
 
@@ -148,6 +149,7 @@ class JobService:
             # submit's outbox, or else the reconciler, publishes it.
             results.append(_match(spec, relevant, client_named_job_id=spec.job_id not in generated))
         self._log(specs, results)
+        tag_current_span(job_attributes([r.job_id for r in results if isinstance(r, SubmitResult)]))
         return results
 
     def _log(self, specs: Sequence[JobSpec], results: list[SubmitResult | RelayqError]) -> None:

@@ -77,6 +77,8 @@ def _init_child(**_: Any) -> None:
     configure_tracing(
         "worker-svc",
         export=settings.otlp_endpoint is not None,
+        traces_dir=settings.traces_dir,
+        traces_max_bytes=settings.traces_max_bytes,
         grpc_client=True,
         celery=True,
     )

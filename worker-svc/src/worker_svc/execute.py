@@ -20,6 +20,7 @@ from celery import Task
 
 from relayq_core.db.ledger import UNAVAILABLE_ERRORS
 from relayq_core.logging import get_logger, job_context
+from worker_svc import spans
 from worker_svc.handoff import DlqUnreachable, HandedOff, hand_off
 from worker_svc.metrics import DELIVERY_ERRORS
 from worker_svc.runner import (
@@ -58,6 +59,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
     job_id = str(message.get("job_id", ""))
     key = str(message.get("idempotency_key") or job_id)
     with job_context(job_id, key, task=task.name):
+        spans.start(job_id)
         if not job_id or not isinstance(message.get("payload"), dict):
             log.error("job_message_malformed", keys=sorted(message))
             return None
@@ -77,8 +79,9 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
         policy = svc.policies.for_task(task.name)
         runtime = svc.runtime
         try:
-            decision, _ = runtime.run(handle(runtime, svc.ledger, delivery, handler, policy))
+            decision, run = runtime.run(handle(runtime, svc.ledger, delivery, handler, policy))
         except Deferred as exc:
+            spans.deferred(str(exc))
             if exc.countdown is None:
                 countdown = svc.settings.defer_seconds
             else:
@@ -86,6 +89,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             log.info("job_deferred", reason=str(exc), countdown=round(countdown, 3))
             _again(task, countdown, _resume(message, resuming), exc)
         except Interrupted as exc:
+            spans.deferred(str(exc))
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database lost mid-attempt", attempt=exc.attempt)
             _again(task, INFRA_RETRY_SECONDS, _resume(message, exc.attempt), exc)
@@ -101,6 +105,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             log.exception("job_delivery_error", error=type(exc).__name__)
             DELIVERY_ERRORS.labels(task=task.name, error=type(exc).__name__[:64]).inc()
             _again(task, svc.settings.defer_seconds, _resume(message, resuming), exc)
+        spans.outcome(decision, run)
         if isinstance(decision, Retry):
             log.info(
                 "job_retry_scheduled",

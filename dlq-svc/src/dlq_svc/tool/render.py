@@ -9,6 +9,7 @@ escaped, so a hostile error message cannot drive the operator's terminal.
 from __future__ import annotations
 
 import json
+import shlex
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -223,6 +224,8 @@ def entry_detail(entry: dead_letter_pb2.DeadLetter, now: datetime) -> str:
         ("error_message", entry.error_message),
         ("trace_id", entry.trace_id),
         ("trace_url", entry.trace_url),
+        # the job's whole trace (every attempt, this dead letter, replays) from the span files
+        ("trace_command", f"relayq-trace {shlex.quote(entry.job_id)}"),
     ]
     width = max(len(name) for name, _ in fields)
     head = "\n".join(f"{name.ljust(width)}  {one_line(value) or NONE}" for name, value in fields)

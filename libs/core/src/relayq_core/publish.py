@@ -29,6 +29,7 @@ from relayq_core.broker import (
 )
 from relayq_core.envelope import encode, origin
 from relayq_core.jobs import JobSpec
+from relayq_core.telemetry import job_attributes
 
 #: A publish that meets a dropped connection reconnects and tries again this many times (a
 #: Redis restart); a retried pipeline may push a message twice, which a worker's claim makes a
@@ -63,17 +64,18 @@ def trace_headers(context: Context | None = None) -> dict[str, str]:
     return carrier
 
 
-def publish_span(count: int) -> trace.Span:
-    """The producer span of ``count`` messages (``publish``), started but not current (make it
-    current with ``trace.use_span``, or inject it with :func:`trace_headers`). The spans of the
-    workers that run the messages are its children."""
+def publish_span(job_ids: Sequence[str]) -> trace.Span:
+    """The producer span of the messages of ``job_ids`` (``publish``), started but not current
+    (make it current with ``trace.use_span``, or inject it with :func:`trace_headers`). The
+    spans of the workers that run the messages are its children."""
     return _tracer.start_span(
         "publish",
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "redis",
             "messaging.operation": "publish",
-            "messaging.batch.message_count": count,
+            "messaging.batch.message_count": len(job_ids),
+            **job_attributes(job_ids),
         },
     )
 
@@ -119,7 +121,7 @@ class Publisher:
         if not specs:
             return
         failures = failures or {}
-        with trace.use_span(publish_span(len(specs)), end_on_exit=True):
+        with trace.use_span(publish_span([spec.job_id for spec in specs]), end_on_exit=True):
             headers = trace_headers()
             await self.push(
                 [

@@ -26,6 +26,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/relayq"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: The largest gRPC request a server accepts unless its settings say otherwise.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: A process's span file is rotated at this size (one old file kept: twice this on disk).
+DEFAULT_TRACES_MAX_BYTES = 16 * 1024 * 1024
 
 
 def repo_root() -> Path:
@@ -71,6 +73,18 @@ class CommonSettings(BaseSettings):
         ),
         description="Where spans are exported (standard OTEL variables); unset: not exported",
     )
+    traces_dir: Path | None = Field(
+        None,
+        validation_alias="RELAYQ_TRACES_DIR",
+        description="Also write finished spans here as OTLP JSON lines, one file per process "
+        "(relayq-trace reads them); unset: no files",
+    )
+    traces_max_bytes: int = Field(
+        DEFAULT_TRACES_MAX_BYTES,
+        gt=0,
+        validation_alias="RELAYQ_TRACES_MAX_BYTES",
+        description="A process's span file is rotated (one old file kept) at this size",
+    )
     tls_cert_file: Path | None = Field(
         None,
         validation_alias="RELAYQ_TLS_CERT_FILE",
@@ -96,7 +110,12 @@ class CommonSettings(BaseSettings):
     )
 
     @field_validator(
-        "tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_ca_file", mode="before"
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "tls_ca_file",
+        "traces_dir",
+        mode="before",
     )
     @classmethod
     def _empty_path_is_unset(cls, value: Any) -> Any:

@@ -8,10 +8,34 @@ test sessions and developer stacks never collide. ``relayq-stack`` is the CLI ov
 
 from __future__ import annotations
 
-from relayq_devstack.ports import free_port, port_is_free
-from relayq_devstack.postgres import PostgresServer, start_postgres
-from relayq_devstack.process import ProcessFailed, ServiceProcess
-from relayq_devstack.redis import RedisServer, start_redis
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relayq_devstack.ports import free_port, port_is_free
+    from relayq_devstack.postgres import PostgresServer, start_postgres
+    from relayq_devstack.process import ProcessFailed, ServiceProcess
+    from relayq_devstack.redis import RedisServer, start_redis
+
+# Imported on first use: a small command of this package (relayq-trace) must not pay for redis
+# and psutil at every start (about 2 s).
+_LAZY = {
+    "free_port": "ports",
+    "port_is_free": "ports",
+    "PostgresServer": "postgres",
+    "start_postgres": "postgres",
+    "ProcessFailed": "process",
+    "ServiceProcess": "process",
+    "RedisServer": "redis",
+    "start_redis": "redis",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"relayq_devstack.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'relayq_devstack' has no attribute {name!r}")
+
 
 __all__ = [
     "PostgresServer",

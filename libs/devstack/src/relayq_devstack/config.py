@@ -56,6 +56,14 @@ def resolve_state_dir(explicit: Path | None = None) -> Path:
     return default_state_dir(os.environ, Path.cwd())
 
 
+def resolve_traces_dir() -> Path:
+    """Where ``relayq-trace`` reads span files: ``$RELAYQ_TRACES_DIR`` (what the services write
+    to), else the local stack's ``<state dir>/traces``."""
+    if os.environ.get("RELAYQ_TRACES_DIR"):
+        return Path(os.environ["RELAYQ_TRACES_DIR"])
+    return resolve_state_dir() / "traces"
+
+
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:
     raw = environ.get(name)
     if not raw:

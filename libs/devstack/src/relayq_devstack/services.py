@@ -30,6 +30,7 @@ class ServiceContext:
     concurrency: int = 2
     # dlq-svc's admin token (Replay/Drop/Purge); "" runs dlq-svc without one.
     dlq_admin_token: str = ""
+    traces_dir: Path | None = None  # every process writes its spans there (relayq-trace)
 
     def script(self, name: str) -> str:
         """Path of a console script installed next to the running Python."""
@@ -46,7 +47,7 @@ class ServiceContext:
             "RELAYQ_DLQ_GRPC": f"{HOST}:{self.ports['dlq_grpc']}",
             # Logs go to files: without this, Python buffers them and a crash loses the end.
             "PYTHONUNBUFFERED": "1",
-        }
+        } | ({"RELAYQ_TRACES_DIR": str(self.traces_dir)} if self.traces_dir else {})
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ def stack_env(ctx: ServiceContext, groups: set[str]) -> dict[str, str]:
             env["RELAYQ_DLQ_ADMIN_TOKEN"] = ctx.dlq_admin_token
     env["RELAYQ_REDIS_URL"] = ctx.redis_url
     env["RELAYQ_DATABASE_URL"] = ctx.database_url
+    if ctx.traces_dir:  # where relayq-trace reads the services' span files
+        env["RELAYQ_TRACES_DIR"] = str(ctx.traces_dir)
     if "flower" in groups:
         env["RELAYQ_FLOWER_URL"] = f"http://{HOST}:{p['flower']}"
     if "metrics-gateway" in groups:

@@ -298,6 +298,7 @@ class Stack:
                 workers=self.config.workers,
                 concurrency=self.config.concurrency,
                 dlq_admin_token="" if "dlq" in self.config.skip else dlq_admin_token(self.paths),
+                traces_dir=self.paths.traces,
             )
             specs = self._specs(ctx)
             if attempt == 0 and self.migrate:

@@ -48,6 +48,11 @@ class StatePaths:
     def redis(self) -> Path:
         return self.root / "redis"
 
+    @property
+    def traces(self) -> Path:
+        """Span files (OTLP JSON lines) the services write and ``relayq-trace`` reads."""
+        return self.root / "traces"
+
     def log(self, name: str) -> Path:
         """The log file of one component."""
         return self.logs / f"{name}.log"
