@@ -197,6 +197,11 @@ class ServiceProcess:
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
         self.stop_signal = stop_signal
+        # Kept so that a supervisor can start the same command again (stack.json records them).
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.user = user
+        self.inherit_env = inherit_env
         log_path.parent.mkdir(parents=True, exist_ok=True)
         full_env = {**(os.environ if inherit_env else {}), **(env or {})}
         uid, gid, groups = run_as(user)

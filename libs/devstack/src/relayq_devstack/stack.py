@@ -18,6 +18,7 @@ from types import TracebackType
 import structlog
 
 from relayq_devstack.config import StackConfig
+from relayq_devstack.control import StartFailed, start_components, stop_components
 from relayq_devstack.envfile import write_env
 from relayq_devstack.health import (
     HealthCheck,
@@ -44,6 +45,7 @@ from relayq_devstack.services import (
 )
 from relayq_devstack.state import Component, StackState, StatePaths
 from relayq_devstack.status import ComponentStatus, StackStatus, status
+from relayq_devstack.supervisor import start_supervisor, stop_supervisor
 
 __all__ = [
     "ComponentStatus",
@@ -51,8 +53,11 @@ __all__ = [
     "StackError",
     "StackInfo",
     "StackStatus",
+    "StartFailed",
     "down",
+    "start_components",
     "status",
+    "stop_components",
     "up",
 ]
 
@@ -201,6 +206,7 @@ class Stack:
         endpoint: str,
         health: HealthCheck,
         port: int | None = None,
+        group: str = "",
     ) -> None:
         self._record(
             Component(
@@ -214,6 +220,11 @@ class Stack:
                 argv=proc.argv,
                 log_path=str(proc.log_path),
                 health=check_to_json(health),
+                group=group or proc.name,
+                env=proc.env,
+                inherit_env=proc.inherit_env,
+                cwd=str(proc.cwd) if proc.cwd is not None else None,
+                user=proc.user,
             )
         )
 
@@ -386,7 +397,7 @@ class Stack:
             stop_signal=spec.stop_signal,
         )
         self.processes.append(proc)
-        self._record_process(proc, "service", spec.endpoint, spec.health, spec.port)
+        self._record_process(proc, "service", spec.endpoint, spec.health, spec.port, spec.group)
 
     def _wait_healthy(self, specs: Sequence[ServiceSpec], deadline: float) -> None:
         procs = {p.name: p for p in self.processes}
@@ -443,6 +454,8 @@ class Stack:
 
 
 def _stop_recorded(paths: StatePaths, state: StackState, timeout: float) -> list[str]:
+    # The supervisor first, or it would restart what is being stopped.
+    stop_supervisor(state)
     managed = [c for c in state.components if c.managed]
     running = [c.name for c in managed if c.handle().is_running() or c.handle().group_alive()]
     stop_all([c.handle() for c in managed if c.kind == "service"], timeout)
@@ -478,9 +491,18 @@ def up(
                 dead = sorted({c.name for c in managed} - {c.name for c in alive})
                 raise StackError(
                     f"a stack in {paths.root} is degraded (not running: {', '.join(dead)}); "
-                    "run `relayq-stack down` first, or `relayq-stack up --restart`"
+                    "run `relayq-stack start NAME`, `relayq-stack down` first, or "
+                    "`relayq-stack up --restart`"
                 )
-        return Stack(config, services=services, migrate=migrate)._up_locked()
+        stack = Stack(config, services=services, migrate=migrate)
+        info = stack._up_locked()
+        if config.supervise:
+            try:
+                start_supervisor(paths, stack.state, config.restart)
+            except BaseException:
+                stack.down()
+                raise
+        return info
 
 
 def down(state_dir: Path, timeout: float = 10.0) -> list[str]:
