@@ -90,7 +90,7 @@ def start_components(state_dir: Path, names: Iterable[str], timeout: float = 60.
                 continue
             if handle.group_alive():
                 handle.kill()  # leftovers of the last run (a pool child) may hold its port
-            spawn(component)
+            spawn(component).detach()
             started.append(component.name)
         state.save(paths)
     log.info("components_started", names=started)

@@ -169,6 +169,11 @@ def run_as(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
     return entry.pw_uid, entry.pw_gid, []
 
 
+# Children handed over with ServiceProcess.detach(): kept so that they are reaped (polled) and
+# not reported as a leak when their handle goes away.
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
 class ServiceProcess:
     """A command running in its own session, with stdout and stderr appended to a log file.
 
@@ -267,6 +272,12 @@ class ServiceProcess:
             self._popen.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
             log.error("process_unkillable", name=self.name, pid=self.pid)
+
+    def detach(self) -> None:
+        """Gives the process up to whoever manages it by pid (``stack.json``): it keeps running
+        after this handle is gone; this program still reaps it once it exits."""
+        _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
+        _DETACHED.append(self._popen)
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:
         """The last lines of this process's log."""

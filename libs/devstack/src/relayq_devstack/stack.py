@@ -441,6 +441,13 @@ class Stack:
         StackState.clear(self.paths)
         log.info("stack_down", state_dir=str(self.paths.root))
 
+    def detach(self) -> None:
+        """Leaves the processes to ``stack.json`` (``down``, the supervisor) once this object
+        goes away."""
+        servers = [s.process for s in (self.postgres, self.redis) if s is not None and s.process]
+        for proc in [*self.processes, *servers]:
+            proc.detach()
+
     def __enter__(self) -> Stack:
         return self
 
@@ -502,6 +509,7 @@ def up(
             except BaseException:
                 stack.down()
                 raise
+        stack.detach()
         return info
 
 

@@ -100,6 +100,7 @@ def start_supervisor(paths: StatePaths, state: StackState, policy: RestartPolicy
         log_path=paths.log(SUPERVISOR_LOG),
         env={"PYTHONUNBUFFERED": "1"},
     )
+    proc.detach()
     state.supervisor_pid = proc.pid
     state.supervisor_create_time = proc.ref.create_time
     state.save(paths)
@@ -179,12 +180,12 @@ class Supervisor:
                 log.info("supervisor_replaced", recorded=state.supervisor_pid)
                 return False
             changed = False
-            for component in state.components:
-                if component.managed and not component.held and not component.gave_up:
-                    changed |= self._check(component)
+            watched = [c for c in state.components if c.managed and not c.held and not c.gave_up]
+            for component in watched:
+                changed |= self._check(component)
             if changed:
                 state.save(self.paths)
-        self._reap()
+        self._reap({c.pid for c in watched if c.pid is not None})
         return True
 
     def _exit_code(self, component: Component) -> int | None:
@@ -197,10 +198,11 @@ class Supervisor:
             time.sleep(0.01)
         return child.returncode
 
-    def _reap(self) -> None:
-        """Collects our children that exited while held (``stop``): no zombies left."""
+    def _reap(self, watched: set[int]) -> None:
+        """Collects our children that exited while not watched (held by ``stop``, given up):
+        no zombies left. A watched one is reaped when its exit is noticed, to read its code."""
         for pid, child in list(self.children.items()):
-            if child.returncode is not None:
+            if pid not in watched and child.returncode is not None:
                 del self.children[pid]
 
     def _check(self, component: Component) -> bool:
