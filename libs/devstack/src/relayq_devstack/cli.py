@@ -145,7 +145,7 @@ def _print_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> None:
         print((indent + line).rstrip())
 
 
-def _print_info(info: StackInfo) -> None:
+def _print_info(info: StackInfo, supervised: bool) -> None:
     rows = [("COMPONENT", "PID", "ENDPOINT")]
     rows += [(c.name, str(c.pid) if c.pid else "external", c.endpoint) for c in info.components]
     _print_table(rows)
@@ -155,10 +155,11 @@ def _print_info(info: StackInfo) -> None:
     for note in info.notes:
         print(f"note: {note}")
     print(f"\nLogs: {StatePaths(info.state_dir).logs}/")
-    print(
-        "A component that exits is restarted (log: supervisor.log); "
-        "`relayq-stack stop NAME` / `start NAME` take one down and back on purpose."
-    )
+    if supervised:
+        print(
+            "A component that exits is restarted (log: supervisor.log); "
+            "`relayq-stack stop NAME` / `start NAME` take one down and back on purpose."
+        )
     print(f"Load the env: set -a; . {StatePaths(info.state_dir).stack_env}; set +a")
 
 
@@ -193,7 +194,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("The stack is already running (use `relayq-stack up --restart` to restart it).")
     else:
         print("The relayq stack is up.")
-    _print_info(info)
+    _print_info(info, supervised=config.supervise)
     return EXIT_OK
 
 
