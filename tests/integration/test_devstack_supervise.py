@@ -158,6 +158,16 @@ def test_a_killed_worker_and_postgres_come_back_stop_holds_and_down_ends_it(
         assert worker["pid"] == back.pid and worker["last_exit_code"] is None
         assert worker["uptime_seconds"] is not None and worker["uptime_seconds"] < 60
 
+        # A supervisor that died is started again by `up` on the running stack.
+        os.kill(supervisor_pid, signal.SIGKILL)
+        wait_for("the supervisor gone", lambda: status(state_dir).supervisor_pid is None)
+        again = up(cfg, services=services(tmp_path / "never"), migrate=False)
+        assert again.already_running
+        assert "the supervisor was not running: started it" in again.notes
+        new_supervisor = status(state_dir).supervisor_pid
+        assert new_supervisor is not None and new_supervisor != supervisor_pid
+        supervisor_pid = new_supervisor
+
         # PostgreSQL killed as a whole comes back on its port and its data directory.
         url = info.env["RELAYQ_DATABASE_URL"]
 

@@ -491,9 +491,13 @@ def up(
             if restart or not alive:
                 _stop_recorded(paths, state, timeout=10.0)
             elif len(alive) == len(managed) and state.phase == "up":
-                return StackInfo(
-                    paths.root, state.env, state.components, state.notes, already_running=True
-                )
+                notes = list(state.notes)
+                supervisor = state.supervisor()
+                if config.supervise and (supervisor is None or not supervisor.is_running()):
+                    # Nothing would restart what exits: the supervisor died, or never ran.
+                    start_supervisor(paths, state, config.restart)
+                    notes.append("the supervisor was not running: started it")
+                return StackInfo(paths.root, state.env, state.components, notes, True)
             else:
                 dead = sorted({c.name for c in managed} - {c.name for c in alive})
                 raise StackError(
