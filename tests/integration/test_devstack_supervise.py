@@ -49,10 +49,11 @@ _WORKER = (
     'exec "$CELERY" --broker="$RELAYQ_REDIS_URL" --result-backend="$RELAYQ_REDIS_URL" worker '
     '-n "$RELAYQ_WORKER_NODE_NAME" --pool=solo --without-mingle --without-gossip --loglevel=info'
 )
-# The gateway stand-in, which exits 3 at once while the flag file exists (a crash loop).
+# The gateway stand-in, which exits 3 at once while the flag file exists (a crash loop), and
+# otherwise leaves a helper in its process group (as a Celery pool or PostgreSQL backends do).
 _CRASHING = (
     'if [ -e "$CRASH_FLAG" ]; then echo "crashing on purpose"; exit 3; fi; '
-    'exec "$PYTHON" -c "$STANDIN" --http RELAYQ_METRICS_PORT'
+    'sleep 600 & exec "$PYTHON" -c "$STANDIN" --http RELAYQ_METRICS_PORT'
 )
 _ALL_BUT = frozenset({"ingest", "dlq", "worker", "metrics-gateway", "reconciler", "flower"})
 
@@ -110,6 +111,17 @@ def supervisor_events(state_dir: Path, event: str, name: str) -> list[dict[str, 
     text = (state_dir / "logs" / "supervisor.log").read_text()
     records = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
     return [r for r in records if r["event"] == event and r.get("name") == name]
+
+
+def group_members(pgid: int) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
 
 
 def ours(tmp_path: Path) -> list[psutil.Process]:
@@ -230,7 +242,7 @@ def test_a_crash_loop_backs_off_then_gives_up_until_started(tmp_path: Path) -> N
     try:
         up(cfg, services=services(flag), migrate=False)
         gateway = line(status(state_dir), "metrics-gateway")
-        assert gateway.healthy
+        assert gateway.healthy and len(group_members(gateway.pid)) == 2
 
         flag.touch()
         os.kill(gateway.pid, signal.SIGKILL)
@@ -255,6 +267,8 @@ def test_a_crash_loop_backs_off_then_gives_up_until_started(tmp_path: Path) -> N
         [given_up] = supervisor_events(state_dir, "component_gave_up", "metrics-gateway")
         assert (given_up["level"], given_up["exit_code"], given_up["restarts"]) == ("error", 3, 4)
         assert "crashing on purpose" in (state_dir / "logs" / "metrics-gateway.log").read_text()
+        # What the killed run left in its group went before the restart.
+        assert group_members(gateway.pid) == []
 
         # Left alone after giving up, visible in status; `start` clears it once fixed.
         time.sleep(5 * POLICY.poll)

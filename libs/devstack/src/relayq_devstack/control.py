@@ -85,11 +85,8 @@ def start_components(state_dir: Path, names: Iterable[str], timeout: float = 60.
             component.restart_at = None
             component.backoff_step = 0
             component.restart_times = []
-            handle = component.handle()
-            if handle.is_running():
+            if component.handle().is_running():
                 continue
-            if handle.group_alive():
-                handle.kill()  # leftovers of the last run (a pool child) may hold its port
             spawn(component).detach()
             started.append(component.name)
         state.save(paths)

@@ -45,9 +45,17 @@ SUPERVISOR_LOG = "supervisor"
 
 
 def spawn(component: Component) -> ServiceProcess:
-    """Starts ``component``'s recorded command again and records the new pid in it."""
+    """Starts ``component``'s recorded command again and records the new pid in it.
+
+    What is left of its last run's process group (a Celery pool child, a PostgreSQL backend
+    still holding shared memory) is killed first, as systemd's ``KillMode=control-group`` does.
+    """
     if not component.argv or component.log_path is None:
         raise ValueError(f"{component.name}: no command recorded, cannot start it")
+    if component.pid is not None:
+        previous = component.handle()
+        if previous.group_alive():
+            stop_all([previous], timeout=1.0)
     if component.kind == "postgres" and component.cwd is not None:
         # A killed postmaster leaves postmaster.pid; a recycled pid would make PostgreSQL refuse.
         remove_stale_pidfile(Path(component.cwd))
