@@ -223,6 +223,7 @@ def test_a_killed_worker_and_postgres_come_back_stop_holds_and_down_ends_it(
         last_pids = [c.pid for c in status(state_dir).components if c.pid is not None]
         stopped = cli(state_dir, "down")
         assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip().endswith("worker1, supervisor")
         assert not alive(supervisor_pid)
         assert not [pid for pid in last_pids if alive(pid)]
         time.sleep(5 * POLICY.poll + POLICY.backoff_max)
@@ -277,7 +278,7 @@ def test_a_crash_loop_backs_off_then_gives_up_until_started(tmp_path: Path) -> N
         assert shown.returncode == 1
         rows = [x.split() for x in shown.stdout.splitlines() if x.startswith("metrics-gateway ")]
         # STATE, HEALTH, RESTARTS, LAST EXIT, UPTIME
-        assert [row[2:7] for row in rows] == [["gave-up", "dead", "4", "3", "-"]]
+        assert [row[2:7] for row in rows] == [["gave-up", "-", "4", "3", "-"]]
         assert "supervisor: running" in shown.stdout
         # NAME is a component or a group; anything else is refused, naming what exists.
         with pytest.raises(ValueError, match=r"unknown component\(s\): nope \(known: "):

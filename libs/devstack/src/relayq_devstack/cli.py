@@ -249,7 +249,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             c.name,
             str(c.pid) if c.pid else "external",
             _run_state(c),
-            c.state,
+            c.state if c.running else "-",
             str(c.restarts),
             "-" if c.last_exit_code is None else str(c.last_exit_code),
             _uptime(c.uptime),

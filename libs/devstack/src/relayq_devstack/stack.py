@@ -462,9 +462,10 @@ class Stack:
 
 def _stop_recorded(paths: StatePaths, state: StackState, timeout: float) -> list[str]:
     # The supervisor first, or it would restart what is being stopped.
-    stop_supervisor(state)
+    supervised = stop_supervisor(state)
     managed = [c for c in state.components if c.managed]
     running = [c.name for c in managed if c.handle().is_running() or c.handle().group_alive()]
+    running += ["supervisor"] if supervised else []
     stop_all([c.handle() for c in managed if c.kind == "service"], timeout)
     stop_all([c.handle() for c in managed if c.kind != "service"], timeout)
     StackState.clear(paths)

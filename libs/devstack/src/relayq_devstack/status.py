@@ -59,7 +59,7 @@ class ComponentStatus:
             "pid": self.pid,
             "endpoint": self.endpoint,
             "state": self.run_state,
-            "health": self.state,
+            "health": self.state if self.running else None,
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
             "uptime_seconds": round(self.uptime, 1) if self.uptime is not None else None,
