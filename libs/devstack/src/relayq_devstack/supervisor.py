@@ -169,8 +169,14 @@ class Supervisor:
             restart_window=self.policy.window,
         )
         while not self.stopping.is_set():
-            if not self.cycle():
+            if not self.paths.stack_json.exists():
+                log.info("supervisor_stack_gone")
                 break
+            try:
+                if not self.cycle():
+                    break
+            except Exception as exc:  # noqa: BLE001 - one bad cycle must not end supervision
+                log.exception("supervisor_cycle_failed", error=str(exc))
             self.stopping.wait(self.policy.poll)
         log.info("supervisor_stopped", pid=os.getpid())
         return 0
