@@ -498,7 +498,9 @@ def up(
                     # Nothing would restart what exits: the supervisor died, or never ran.
                     start_supervisor(paths, state, config.restart)
                     notes.append("the supervisor was not running: started it")
-                return StackInfo(paths.root, state.env, state.components, notes, True)
+                return StackInfo(
+                    paths.root, state.env, state.components, notes, already_running=True
+                )
             else:
                 dead = sorted({c.name for c in managed} - {c.name for c in alive})
                 raise StackError(
