@@ -1,11 +1,11 @@
 """The local stack under test, with the handles the fault injector needs.
 
 Started with the ``relayq_devstack`` library in its own state directory, on free ports only,
-with the fast retry policy and short reconciler deadlines. The local stack does not supervise
-its processes, so this harness does: a thread replaces every worker node that exits (SIGKILLed
-by the injector, or stopped by its own watchdog), as compose's ``restart: unless-stopped`` or
-Kubernetes would. Each node incarnation keeps its metric files in its own directory, so the
-counts of a node killed as a whole can still be read afterwards.
+with the fast retry policy and short reconciler deadlines. The ``Stack`` object runs no
+supervisor (``relayq-stack up`` does), so this harness does: a thread replaces every worker node
+that exits (SIGKILLed by the injector, or stopped by its own watchdog), as compose's
+``restart: unless-stopped`` or Kubernetes would. Each node incarnation keeps its metric files
+in its own directory, so the counts of a node killed as a whole can still be read afterwards.
 """
 
 from __future__ import annotations

@@ -202,8 +202,8 @@ def test_up_status_env_down(tmp_path: Path) -> None:
         printed = cli(cfg.state_dir, "env")
         assert printed.returncode == 0 and "RELAYQ_DLQ_GRPC=" in printed.stdout
 
-        # up again: idempotent, starts nothing.
-        again = up(cfg, services=standin_services)
+        # up again: idempotent, starts nothing (this test's stack runs without a supervisor).
+        again = up(dataclasses.replace(cfg, supervise=False), services=standin_services)
         assert again.already_running
         assert [c.pid for c in again.components] == [c.pid for c in info.components]
 

@@ -172,3 +172,42 @@ def test_busy_default_ports_move_and_say_so(tmp_path: Path) -> None:
         explicit = StackConfig.from_env({}, cwd=tmp_path, ports={"flower": taken})
         with pytest.raises(StackError, match="asked for but is busy"):
             _resolve_ports(explicit, {"flower"})
+
+
+def test_restart_backoff_doubles_up_to_its_cap() -> None:
+    from relayq_devstack.config import RestartPolicy
+
+    default = RestartPolicy()
+    assert [default.delay(k) for k in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert default.delay(10_000) == 30.0  # no overflow after a long crash loop
+
+
+def test_supervision_fields_round_trip_and_names_resolve(tmp_path: Path) -> None:
+    import stat
+
+    paths = StatePaths(tmp_path)
+    worker = Component(
+        "worker1",
+        "service",
+        "worker1@",
+        pid=10,
+        group="worker",
+        argv=["relayq-worker"],
+        env={"RELAYQ_DLQ_ADMIN_TOKEN": "secret"},
+        cwd="/tmp",
+        held=True,
+        restarts=3,
+        last_exit_code=70,
+        restart_times=[1.0, 2.0],
+    )
+    old = Component("worker2", "service", "worker2@", pid=11)  # a stack.json from before
+    state = StackState(components=[worker, old], supervisor_pid=42, supervisor_create_time=1.0)
+    state.save(paths)
+    loaded = StackState.load(paths)
+    assert loaded == state
+    # It holds components' environments (dlq-svc's admin token): private to the user.
+    assert stat.S_IMODE(paths.stack_json.stat().st_mode) == 0o600
+    assert [c.name for c in state.find(["worker"])] == ["worker1"]
+    assert [c.name for c in state.find(["worker2", "worker1"])] == ["worker1", "worker2"]
+    with pytest.raises(ValueError, match=r"unknown component\(s\): nope"):
+        state.find(["nope", "worker"])

@@ -1,20 +1,34 @@
-"""``relayq-stack``: the local stack without Docker (``up``, ``down``, ``status``, ``env``)."""
+"""``relayq-stack``: the local stack without Docker (``up``, ``down``, ``status``, ``env``,
+``stop``, ``start``, and ``supervise``, which ``up`` runs)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
 from relayq_devstack.alerts import SINK_URL_VAR, firing_count
-from relayq_devstack.config import DEFAULT_PORTS, StackConfig, resolve_state_dir
+from relayq_devstack.config import DEFAULT_PORTS, RestartPolicy, StackConfig, resolve_state_dir
 from relayq_devstack.envfile import read_env
-from relayq_devstack.stack import StackError, StackInfo, down, status, up
+from relayq_devstack.stack import (
+    StackError,
+    StackInfo,
+    StartFailed,
+    down,
+    start_components,
+    status,
+    stop_components,
+    up,
+)
 from relayq_devstack.state import StatePaths
+from relayq_devstack.status import ComponentStatus
+from relayq_devstack.supervisor import Supervisor
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_RUNNING = 0, 1, 3
 _PORT_FLAGS = {name: "--" + name.replace("_", "-") + "-port" for name in DEFAULT_PORTS}
@@ -28,6 +42,20 @@ def _configure_logging(verbose: bool) -> None:
             logging.DEBUG if verbose else logging.WARNING
         ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def _configure_json_logging() -> None:
+    # `supervise` runs detached with stdout in logs/supervisor.log: JSON lines, like services.
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
     )
 
 
@@ -72,9 +100,43 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument(
         "--fast", action="store_true", help="PostgreSQL without fsync (throwaway data only)"
     )
+    p_up.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="do not restart components that exit (no `relayq-stack supervise`)",
+    )
     p_down = with_state_dir(sub.add_parser("down", help="stop everything the stack started"))
     p_down.add_argument("--timeout", type=float, default=10.0, help="grace before SIGKILL")
-    with_state_dir(sub.add_parser("status", help="one line per component; exit 0/1/3"))
+    p_status = with_state_dir(sub.add_parser("status", help="one line per component; exit 0/1/3"))
+    p_status.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_stop = with_state_dir(
+        sub.add_parser("stop", help="stop components and keep them stopped (no restarts)")
+    )
+    p_stop.add_argument("names", nargs="+", metavar="NAME", help="component or group (worker)")
+    p_stop.add_argument("--timeout", type=float, default=10.0, help="grace before SIGKILL")
+    p_start = with_state_dir(
+        sub.add_parser("start", help="start stopped or given-up components, wait until healthy")
+    )
+    p_start.add_argument("names", nargs="+", metavar="NAME", help="component or group (worker)")
+    p_start.add_argument("--timeout", type=float, default=60.0, help="seconds to become healthy")
+    defaults = RestartPolicy()
+    p_sup = with_state_dir(
+        sub.add_parser("supervise", help="restart components that exit (`up` runs it)")
+    )
+    for flag, value, what in (
+        ("--backoff-initial", defaults.backoff_initial, "seconds before the first restart"),
+        ("--backoff-max", defaults.backoff_max, "cap of the doubling backoff, seconds"),
+        ("--stable-after", defaults.stable_after, "seconds up that reset the backoff"),
+        ("--restart-window", defaults.window, "seconds in which --restart-limit counts"),
+        ("--poll", defaults.poll, "seconds between checks"),
+    ):
+        p_sup.add_argument(flag, type=float, default=value, help=f"{what} ({value})")
+    p_sup.add_argument(
+        "--restart-limit",
+        type=int,
+        default=defaults.limit,
+        help=f"restarts within the window before giving up ({defaults.limit})",
+    )
     with_state_dir(sub.add_parser("env", help="print .relayq/stack.env"))
     return parser
 
@@ -86,7 +148,7 @@ def _print_table(rows: Sequence[Sequence[str]], indent: str = "  ") -> None:
         print((indent + line).rstrip())
 
 
-def _print_info(info: StackInfo) -> None:
+def _print_info(info: StackInfo, supervised: bool) -> None:
     rows = [("COMPONENT", "PID", "ENDPOINT")]
     rows += [(c.name, str(c.pid) if c.pid else "external", c.endpoint) for c in info.components]
     _print_table(rows)
@@ -96,6 +158,11 @@ def _print_info(info: StackInfo) -> None:
     for note in info.notes:
         print(f"note: {note}")
     print(f"\nLogs: {StatePaths(info.state_dir).logs}/")
+    if supervised:
+        print(
+            "A component that exits is restarted (log: supervisor.log); "
+            "`relayq-stack stop NAME` / `start NAME` take one down and back on purpose."
+        )
     print(f"Load the env: set -a; . {StatePaths(info.state_dir).stack_env}; set +a")
 
 
@@ -116,6 +183,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         fast=args.fast or None,
         skip=skip or None,
+        supervise=False if args.no_supervise else None,
     )
     print(f"Starting the relayq stack in {config.state_dir} ...", flush=True)
     try:
@@ -130,7 +198,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("The stack is already running (use `relayq-stack up --restart` to restart it).")
     else:
         print("The relayq stack is up.")
-    _print_info(info)
+    _print_info(info, supervised=config.supervise)
     return EXIT_OK
 
 
@@ -144,20 +212,93 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _run_state(c: ComponentStatus) -> str:
+    if c.run_state == "restarting" and c.restart_at is not None:
+        return f"restarting (in {max(0.0, c.restart_at - time.time()):.0f}s)"
+    return c.run_state
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     report = status(_state_dir(args))
+    code = {"healthy": EXIT_OK, "stopped": EXIT_NOT_RUNNING}.get(report.overall, EXIT_FAILED)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "state_dir": str(report.state_dir),
+                    "overall": report.overall,
+                    "phase": report.phase,
+                    "supervisor_pid": report.supervisor_pid,
+                    "components": [c.to_json() for c in report.components],
+                },
+                indent=2,
+            )
+        )
+        return code if report.components else EXIT_NOT_RUNNING
     if not report.components:
         print(f"No stack in {report.state_dir}.")
         return EXIT_NOT_RUNNING
-    rows = [("COMPONENT", "PID", "ENDPOINT", "STATE")]
+    rows = [("COMPONENT", "PID", "STATE", "HEALTH", "RESTARTS", "LAST EXIT", "UPTIME", "ENDPOINT")]
     rows += [
-        (c.name, str(c.pid) if c.pid else "external", c.endpoint, c.state)
+        (
+            c.name,
+            str(c.pid) if c.pid else "external",
+            _run_state(c),
+            c.state if c.running else "-",
+            str(c.restarts),
+            "-" if c.last_exit_code is None else str(c.last_exit_code),
+            _uptime(c.uptime),
+            c.endpoint,
+        )
         for c in report.components
     ]
     _print_table(rows, indent="")
+    if report.supervisor_pid is not None:
+        print(f"supervisor: running (pid {report.supervisor_pid}); restarts what exits")
+    else:
+        print("supervisor: not running (nothing restarts what exits)")
     print(f"stack: {report.overall}" + (" (still starting)" if report.phase == "starting" else ""))
     _print_alerting(StatePaths(report.state_dir).stack_env)
-    return {"healthy": EXIT_OK, "stopped": EXIT_NOT_RUNNING}.get(report.overall, EXIT_FAILED)
+    return code
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    stopped = stop_components(_state_dir(args), args.names, timeout=args.timeout)
+    print(f"Stopped (held until `relayq-stack start`): {', '.join(stopped) or 'nothing running'}")
+    return EXIT_OK
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    try:
+        started = start_components(_state_dir(args), args.names, timeout=args.timeout)
+    except StartFailed as exc:
+        print(f"relayq-stack start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Started: {', '.join(started)}" if started else "Already running.")
+    print("Healthy: " + ", ".join(args.names))
+    return EXIT_OK
+
+
+def _cmd_supervise(args: argparse.Namespace) -> int:
+    _configure_json_logging()
+    policy = RestartPolicy(
+        backoff_initial=args.backoff_initial,
+        backoff_max=args.backoff_max,
+        stable_after=args.stable_after,
+        limit=args.restart_limit,
+        window=args.restart_window,
+        poll=args.poll,
+    )
+    return Supervisor(_state_dir(args), policy).run()
 
 
 def _print_alerting(env_file: Path) -> None:
@@ -187,7 +328,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``relayq-stack``."""
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
-    commands = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "env": _cmd_env}
+    commands = {
+        "up": _cmd_up,
+        "down": _cmd_down,
+        "status": _cmd_status,
+        "env": _cmd_env,
+        "stop": _cmd_stop,
+        "start": _cmd_start,
+        "supervise": _cmd_supervise,
+    }
     try:
         return commands[args.command](args)
     except (ValueError, RuntimeError) as exc:

@@ -27,6 +27,27 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How ``relayq-stack supervise`` restarts a component that exits, as systemd would.
+
+    The k-th restart in a row waits ``min(backoff_max, backoff_initial * 2**k)`` seconds; a
+    component that stays up ``stable_after`` seconds starts again from ``backoff_initial``.
+    After ``limit`` restarts within ``window`` seconds it is given up (left stopped, logged).
+    """
+
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    stable_after: float = 60.0
+    limit: int = 10
+    window: float = 600.0
+    poll: float = 0.5
+
+    def delay(self, step: int) -> float:
+        """Seconds to wait before the ``step``-th restart in a row (0-based)."""
+        return float(min(self.backoff_max, self.backoff_initial * 2 ** min(step, 32)))
+
+
 def find_repo_root(start: Path) -> Path | None:
     """The nearest directory at or above ``start`` whose ``pyproject.toml`` declares the uv
     workspace; None outside a checkout."""
@@ -120,6 +141,10 @@ class StackConfig:
         if self.scrape_interval is not None:
             return self.scrape_interval
         return 5.0 if self.rule_time_scale == 1 else 1.0
+
+    # ``up`` starts a supervisor that restarts what exits; False leaves exits alone.
+    supervise: bool = True
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     @classmethod
     def from_env(

@@ -130,7 +130,7 @@ def _initdb(data_dir: Path, user: str | None, log_path: Path, *, fast: bool) -> 
     log.info("postgres_initialised", data_dir=str(data_dir))
 
 
-def _remove_stale_pidfile(data_dir: Path) -> None:
+def remove_stale_pidfile(data_dir: Path) -> None:
     """Deletes ``postmaster.pid`` left by a killed server; refuses if that server still runs.
 
     PostgreSQL would refuse to start if the recorded pid now belongs to a process of another
@@ -225,7 +225,7 @@ class PostgresServer:
         _prepare_data_dir(self.data_dir, self.user)
         if not (self.data_dir / "PG_VERSION").exists():
             _initdb(self.data_dir, self.user, self.log_path, fast=self.fast)
-        _remove_stale_pidfile(self.data_dir)
+        remove_stale_pidfile(self.data_dir)
         self.process = ServiceProcess(
             "postgres",
             self.argv(),

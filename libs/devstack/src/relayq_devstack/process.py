@@ -169,6 +169,11 @@ def run_as(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
     return entry.pw_uid, entry.pw_gid, []
 
 
+# Children handed over with ServiceProcess.detach(): kept so that they are reaped (polled) and
+# not reported as a leak when their handle goes away.
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
 class ServiceProcess:
     """A command running in its own session, with stdout and stderr appended to a log file.
 
@@ -197,6 +202,11 @@ class ServiceProcess:
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
         self.stop_signal = stop_signal
+        # Kept so that a supervisor can start the same command again (stack.json records them).
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.user = user
+        self.inherit_env = inherit_env
         log_path.parent.mkdir(parents=True, exist_ok=True)
         full_env = {**(os.environ if inherit_env else {}), **(env or {})}
         uid, gid, groups = run_as(user)
@@ -262,6 +272,12 @@ class ServiceProcess:
             self._popen.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
             log.error("process_unkillable", name=self.name, pid=self.pid)
+
+    def detach(self) -> None:
+        """Gives the process up to whoever manages it by pid (``stack.json``): it keeps running
+        after this handle is gone; this program still reaps it once it exits."""
+        _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
+        _DETACHED.append(self._popen)
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:
         """The last lines of this process's log."""

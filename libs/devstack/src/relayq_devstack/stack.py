@@ -18,6 +18,7 @@ from types import TracebackType
 import structlog
 
 from relayq_devstack.config import StackConfig
+from relayq_devstack.control import StartFailed, start_components, stop_components
 from relayq_devstack.envfile import write_env
 from relayq_devstack.health import (
     HealthCheck,
@@ -44,6 +45,7 @@ from relayq_devstack.services import (
 )
 from relayq_devstack.state import Component, StackState, StatePaths
 from relayq_devstack.status import ComponentStatus, StackStatus, status
+from relayq_devstack.supervisor import start_supervisor, stop_supervisor
 
 __all__ = [
     "ComponentStatus",
@@ -51,8 +53,11 @@ __all__ = [
     "StackError",
     "StackInfo",
     "StackStatus",
+    "StartFailed",
     "down",
+    "start_components",
     "status",
+    "stop_components",
     "up",
 ]
 
@@ -201,6 +206,7 @@ class Stack:
         endpoint: str,
         health: HealthCheck,
         port: int | None = None,
+        group: str = "",
     ) -> None:
         self._record(
             Component(
@@ -214,6 +220,11 @@ class Stack:
                 argv=proc.argv,
                 log_path=str(proc.log_path),
                 health=check_to_json(health),
+                group=group or proc.name,
+                env=proc.env,
+                inherit_env=proc.inherit_env,
+                cwd=str(proc.cwd) if proc.cwd is not None else None,
+                user=proc.user,
             )
         )
 
@@ -383,7 +394,7 @@ class Stack:
             stop_signal=spec.stop_signal,
         )
         self.processes.append(proc)
-        self._record_process(proc, "service", spec.endpoint, spec.health, spec.port)
+        self._record_process(proc, "service", spec.endpoint, spec.health, spec.port, spec.group)
 
     def _wait_healthy(self, specs: Sequence[ServiceSpec], deadline: float) -> None:
         procs = {p.name: p for p in self.processes}
@@ -427,6 +438,13 @@ class Stack:
         StackState.clear(self.paths)
         log.info("stack_down", state_dir=str(self.paths.root))
 
+    def detach(self) -> None:
+        """Leaves the processes to ``stack.json`` (``down``, the supervisor) once this object
+        goes away."""
+        servers = [s.process for s in (self.postgres, self.redis) if s is not None and s.process]
+        for proc in [*self.processes, *servers]:
+            proc.detach()
+
     def __enter__(self) -> Stack:
         return self
 
@@ -440,8 +458,11 @@ class Stack:
 
 
 def _stop_recorded(paths: StatePaths, state: StackState, timeout: float) -> list[str]:
+    # The supervisor first, or it would restart what is being stopped.
+    supervised = stop_supervisor(state)
     managed = [c for c in state.components if c.managed]
     running = [c.name for c in managed if c.handle().is_running() or c.handle().group_alive()]
+    running += ["supervisor"] if supervised else []
     stop_all([c.handle() for c in managed if c.kind == "service"], timeout)
     stop_all([c.handle() for c in managed if c.kind != "service"], timeout)
     StackState.clear(paths)
@@ -468,16 +489,32 @@ def up(
             if restart or not alive:
                 _stop_recorded(paths, state, timeout=10.0)
             elif len(alive) == len(managed) and state.phase == "up":
+                notes = list(state.notes)
+                supervisor = state.supervisor()
+                if config.supervise and (supervisor is None or not supervisor.is_running()):
+                    # Nothing would restart what exits: the supervisor died, or never ran.
+                    start_supervisor(paths, state, config.restart)
+                    notes.append("the supervisor was not running: started it")
                 return StackInfo(
-                    paths.root, state.env, state.components, state.notes, already_running=True
+                    paths.root, state.env, state.components, notes, already_running=True
                 )
             else:
                 dead = sorted({c.name for c in managed} - {c.name for c in alive})
                 raise StackError(
                     f"a stack in {paths.root} is degraded (not running: {', '.join(dead)}); "
-                    "run `relayq-stack down` first, or `relayq-stack up --restart`"
+                    "run `relayq-stack start NAME`, `relayq-stack down` first, or "
+                    "`relayq-stack up --restart`"
                 )
-        return Stack(config, services=services, migrate=migrate)._up_locked()
+        stack = Stack(config, services=services, migrate=migrate)
+        info = stack._up_locked()
+        if config.supervise:
+            try:
+                start_supervisor(paths, stack.state, config.restart)
+            except BaseException:
+                stack.down()
+                raise
+        stack.detach()
+        return info
 
 
 def down(state_dir: Path, timeout: float = 10.0) -> list[str]:

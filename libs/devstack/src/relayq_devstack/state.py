@@ -8,7 +8,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +83,28 @@ class Component:
     argv: list[str] = field(default_factory=list)
     log_path: str | None = None
     health: dict[str, Any] | None = None
+    # What ``--skip``, ``stop`` and ``start`` name: "worker" for every worker node.
+    group: str = ""
+    # How to start it again (``relayq-stack supervise``, ``start``): with ``argv`` and
+    # ``log_path`` above, the same command, environment and directory as the first time.
+    env: dict[str, str] = field(default_factory=dict)
+    inherit_env: bool = True
+    cwd: str | None = None
+    user: str | None = None
+    # Supervision, written by the supervisor and by ``stop``/``start`` (under the lock).
+    held: bool = False  # stopped on purpose: ``relayq-stack stop``; the supervisor leaves it
+    gave_up: bool = False  # restarted too often: left stopped until ``start``
+    restarts: int = 0
+    last_exit_code: int | None = None  # None: still running, or not known (see supervisor.py)
+    exited: bool = False  # its last exit was noticed: a restart is due at ``restart_at``
+    restart_at: float | None = None  # wall-clock time of the next restart
+    backoff_step: int = 0  # restarts in a row without staying up ``stable_after`` seconds
+    restart_times: list[float] = field(default_factory=list)  # within the give-up window
+
+    @property
+    def group_name(self) -> str:
+        """The group (``worker`` for ``worker1``...); the name itself for older state files."""
+        return self.group or self.name
 
     @property
     def managed(self) -> bool:
@@ -109,6 +131,27 @@ class StackState:
     components: list[Component] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The ``relayq-stack supervise`` process (None: nothing restarts what exits).
+    supervisor_pid: int | None = None
+    supervisor_create_time: float = 0.0
+
+    def supervisor(self) -> ProcessRef | None:
+        """The recorded supervisor process, if any (check ``is_running()``)."""
+        if self.supervisor_pid is None:
+            return None
+        return ProcessRef(self.supervisor_pid, self.supervisor_create_time)
+
+    def find(self, names: Iterable[str]) -> list[Component]:
+        """The components named (by name or group), in stack order; ValueError for unknown
+        names."""
+        wanted = set(names)
+        known = {c.name for c in self.components} | {c.group_name for c in self.components}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise ValueError(
+                f"unknown component(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        return [c for c in self.components if c.name in wanted or c.group_name in wanted]
 
     def save(self, paths: StatePaths) -> None:
         """Writes ``stack.json`` atomically."""
@@ -118,7 +161,8 @@ class StackState:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(asdict(self), fh, indent=2)
                 fh.write("\n")
-            os.chmod(tmp, 0o644)
+            # Private: components' environments (dlq-svc's admin token) are in it.
+            os.chmod(tmp, 0o600)
             os.replace(tmp, paths.stack_json)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
