@@ -136,6 +136,7 @@ def test_up_status_env_down(tmp_path: Path) -> None:
             "RELAYQ_PROMETHEUS_URL",
             "RELAYQ_ALERTMANAGER_URL",
             "RELAYQ_ALERT_SINK_URL",
+            "RELAYQ_TRACES_DIR",
             "RELAYQ_INGEST_GRPC",
             "RELAYQ_INGEST_HTTP",
             "RELAYQ_DLQ_GRPC",
