@@ -48,6 +48,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             dead_letter_pb2_grpc.DeadLetterServiceStub(dlq_channel),
             catalog.queues(),
             settings.source_timeout_seconds,
+            settings.expected_workers,
         )
         try:
             yield
