@@ -209,7 +209,8 @@ WITH held AS (
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 )
-SELECT job_id, queue FROM relayq_jobs
+SELECT job_id, queue, extract(epoch FROM now() - updated_at)::float8 AS waited_seconds
+FROM relayq_jobs
 WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
   AND (lease_until IS NULL OR lease_until < now())
   AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
@@ -272,6 +273,34 @@ UPDATE relayq_jobs j SET enqueued_at = now(), updated_at = now()
 FROM picked
 WHERE j.job_id = picked.job_id
 RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
+
+-- name: overdue_unpublished
+-- relayq_reconciler_overdue_*{reason="never_published"}: submits older than $1 seconds still
+-- not published (what requeue_unpublished would take), how many (counted up to $2) and how long
+-- the oldest has waited since it was submitted. One range of relayq_jobs_unpublished.
+SELECT count(*) AS jobs, coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8
+    AS oldest_seconds
+FROM (
+    SELECT updated_at FROM relayq_jobs
+    WHERE state = 'queued' AND enqueued_at IS NULL
+      AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY updated_at
+    LIMIT $2
+) overdue;
+
+-- name: overdue_retries
+-- relayq_reconciler_overdue_*{reason="retry_lost"}: retries due more than $1 seconds ago and
+-- not started (lost, or stuck behind a backlog: late either way), how many (up to $2) and how
+-- long the oldest has been due. One range of relayq_jobs_retry_due.
+SELECT count(*) AS jobs, coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)::float8
+    AS oldest_seconds
+FROM (
+    SELECT next_attempt_at FROM relayq_jobs
+    WHERE state = 'retrying' AND pending_dead_letter IS NULL
+      AND next_attempt_at < now() - make_interval(secs => $1)
+    ORDER BY next_attempt_at
+    LIMIT $2
+) overdue;
 
 -- name: continue_attempt_numbering
 -- A replay re-created a job the ledger had purged: its attempts continue from the dead letter's
