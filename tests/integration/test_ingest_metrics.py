@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from ingest_svc.http_api import create_app
 from ingest_svc.metrics import SubmitMetricsInterceptor
@@ -70,9 +71,15 @@ async def test_unavailable_ledger_is_counted_by_grpc_code_and_http_status(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.SubmitJob(ingest_pb2.SubmitJobRequest(task="demo.echo"))
+            with pytest.raises(grpc.aio.AioRpcError) as err, capture_logs() as logs:
+                await stub.SubmitJob(
+                    ingest_pb2.SubmitJobRequest(task="demo.echo", idempotency_key="refused-1")
+                )
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            # Each job turned away is logged: the runbook's first command greps these.
+            assert [(e["event"], e["code"]) for e in logs if e["log_level"] == "warning"] == [
+                ("job_refused", "UNAVAILABLE")
+            ]
             # Not a submit: not counted.
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.GetJob(ingest_pb2.GetJobRequest(job_id="nope"))
