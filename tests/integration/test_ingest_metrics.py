@@ -149,10 +149,11 @@ async def test_submits_are_timed_with_trace_exemplars_and_refusals_counted(
 
     content_type, text = await asyncio.to_thread(scrape, url, OPENMETRICS)
     assert content_type.startswith("application/openmetrics-text"), content_type
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    families = text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
+    samples = [s for f in families for s in f.samples]
 
     def value(name: str, **labels: str) -> float:
-        return next(s.value for s in samples if s.name == name and s.labels == labels)
+        return float(next(s.value for s in samples if s.name == name and s.labels == labels))
 
     assert value("relayq_ingest_submit_seconds_count", transport="grpc") == 2
     assert value("relayq_ingest_submit_seconds_count", transport="http") == 2
