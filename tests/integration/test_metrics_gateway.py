@@ -146,3 +146,19 @@ async def test_redis_unreachable_is_source_up_zero(
     assert samples[("relayq_gateway_source_up", (("source", "postgres"),))] == 1
     assert samples[("relayq_gateway_source_errors_total", (("source", "redis"),))] >= 1
     assert samples[("relayq_workers_expected", ())] == 0  # not configured: no expectation
+
+
+async def test_the_gateway_starts_and_reports_while_postgres_is_unreachable(
+    quiet_broker_url: str, dlq_server: DlqServer, tmp_path: Path
+) -> None:
+    """Restarted during a PostgreSQL outage, the gateway still serves: PostgresUnreachable
+    fires, not ServiceDown."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/relayq"
+    proc, url = start_gateway(dead, quiet_broker_url, dlq_server.address, tmp_path)
+    try:
+        samples = await asyncio.to_thread(scrape, url)
+    finally:
+        proc.stop(timeout=10)
+    assert samples[("relayq_gateway_source_up", (("source", "postgres"),))] == 0
+    assert samples[("relayq_gateway_source_up", (("source", "redis"),))] == 1
+    assert ("relayq_queue_depth", (("queue", "default"),)) in samples
