@@ -310,6 +310,18 @@ FROM (
 UPDATE relayq_jobs SET attempt_count = $2
 WHERE job_id = $1 AND attempt_count < $2;
 
+-- name: waiting_jobs
+-- relayq-ledger waiting: the unfinished jobs, longest waiting first, at most $1: what an incident
+-- delays, by id. "waited" counts from the submit, or for a retry from when it fell due. (A scan
+-- of the unfinished rows, sorted: an operator's command, not a scrape.)
+SELECT job_id, idempotency_key, task, queue, state, enqueued_at IS NOT NULL AS published,
+       extract(epoch FROM now() - CASE WHEN state = 'retrying' THEN next_attempt_at
+                                       ELSE created_at END)::float8 AS waited_seconds
+FROM relayq_jobs
+WHERE state IN ('queued', 'retrying', 'running')
+ORDER BY waited_seconds DESC
+LIMIT $1;
+
 -- name: counts_by_queue_and_state
 -- relayq-ledger stats: the whole ledger by queue and state (an index-only scan is not possible
 -- here; this is an operator's command, not a scrape).
