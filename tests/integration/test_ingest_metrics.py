@@ -159,6 +159,9 @@ async def test_submits_are_timed_with_trace_exemplars_and_refusals_counted(
     assert value("relayq_ingest_submit_seconds_count", transport="http") == 2
     assert value("relayq_ingest_refusals_total", transport="grpc", code="INVALID_ARGUMENT") == 1
     assert value("relayq_ingest_refusals_total", transport="http", code="422") == 1
+    # The server-side codes are there at 0 before any refusal, so the first one is an increase.
+    assert value("relayq_ingest_refusals_total", transport="grpc", code="UNAVAILABLE") == 0
+    assert value("relayq_ingest_refusals_total", transport="http", code="503") == 0
     exemplars = [
         s.exemplar
         for s in samples

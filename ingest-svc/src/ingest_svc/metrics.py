@@ -65,6 +65,18 @@ SUBMIT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+#: Server-side refusals (IngestRefusing's codes), by door.
+SERVER_SIDE_CODES = {
+    "grpc": ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED", "DATA_LOSS"),
+    "http": ("500", "502", "503", "504"),
+}
+# Their series exist at 0 from start-up: a series born at 1 shows no increase to rate() and
+# increase(), so the first refusals after a restart would go unseen.
+for _transport, _codes in SERVER_SIDE_CODES.items():
+    SUBMIT_SECONDS.labels(transport=_transport)
+    for _code in _codes:
+        REFUSALS.labels(transport=_transport, code=_code)
+
 #: The gRPC methods that submit jobs (the calls IngestRefusing and IngestSlow are about).
 SUBMIT_METHODS = frozenset(
     {"/relayq.v1.IngestService/SubmitJob", "/relayq.v1.IngestService/SubmitJobs"}
