@@ -384,6 +384,11 @@ MUTATIONS = {
         "          and on (source)\n",
         "metrics_gateway_source_failing",
     ),
+    "source-failing-postgres-down": (
+        '          unless on ()\n            (max(relayq_gateway_source_up{source="postgres"}) == 0)\n',
+        "",
+        "metrics_gateway_source_failing",
+    ),
     "refusals-server-side": (
         'code=~"UNAVAILABLE|INTERNAL|UNKNOWN|DEADLINE_EXCEEDED|DATA_LOSS|5[0-9][0-9]"',
         'code=~".+"',
