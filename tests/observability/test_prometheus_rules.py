@@ -385,7 +385,8 @@ MUTATIONS = {
         "metrics_gateway_source_failing",
     ),
     "source-failing-postgres-down": (
-        '          unless on ()\n            (max(relayq_gateway_source_up{source="postgres"}) == 0)\n',
+        "          unless on ()\n"
+        '            (max(relayq_gateway_source_up{source="postgres"}) == 0)\n',
         "",
         "metrics_gateway_source_failing",
     ),
