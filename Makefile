@@ -44,9 +44,10 @@ proto: setup  ## regenerate gRPC code from proto/ (commit the result)
 proto-check: setup  ## fail if the committed gRPC code differs from proto/
 	PYTHON=$(PY) scripts/gen_proto.sh --check
 
-rules:  ## promtool: check the Prometheus config and rules, run the alert unit tests
+rules:  ## promtool: check the rules, run the alert unit tests; amtool: check the example receivers
 	promtool check rules observability/prometheus/rules/*.yml
 	promtool test rules observability/prometheus/tests/*.yml
+	for f in observability/alertmanager/examples/*.yml; do amtool check-config "$$f" || exit 1; done
 
 test-unit: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
