@@ -49,9 +49,10 @@ proto-check: setup  ## fail if the committed gRPC code differs from proto/
 
 PROMETHEUS_DIR ?= observability/prometheus
 
-rules: setup rules-config  ## promtool: check the Prometheus config and rules, run the alert unit tests
+rules: setup rules-config  ## promtool: check the config and rules, run the alert unit tests; amtool: the example receivers
 	promtool check rules $(PROMETHEUS_DIR)/rules/*.yml
 	promtool test rules $(PROMETHEUS_DIR)/tests/*.yml
+	for f in observability/alertmanager/examples/*.yml; do amtool check-config "$$f" || exit 1; done
 
 # The config names its rule files by the path compose mounts them at: check a copy that names
 # the repository's instead (tests/observability/test_make_rules.py).

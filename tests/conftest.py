@@ -94,6 +94,11 @@ def service_env(database_url: str, redis_url: str, **extra: str) -> dict[str, st
         RELAYQ_REDIS_URL=redis_url,
         RELAYQ_LOG_JSON="true",
         RELAYQ_CATALOG=str(packaged_default("tasks.toml")),
+        # Metrics are on by default on fixed ports (9200, 9101, 9102): off in tests unless a
+        # test asks for them, so that many processes can run side by side.
+        RELAYQ_WORKER_METRICS_PORT="0",
+        RELAYQ_DLQ_METRICS_PORT="0",
+        RELAYQ_RECONCILER_PORT="0",
     )
     env.update(extra)
     return env

@@ -23,6 +23,29 @@ from tests.conftest import BIN, DlqServer, Ingest, service_env
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
+def start_gateway(
+    database_url: str, redis_url: str, dlq_address: str, logs: Path, **extra: str
+) -> tuple[ServiceProcess, str]:
+    """A healthy relayq-metrics-gateway and its URL."""
+    port = free_port()
+    proc = ServiceProcess(
+        "gateway",
+        [str(BIN / "relayq-metrics-gateway")],
+        log_path=logs / "gateway.log",
+        env=service_env(
+            database_url,
+            redis_url,
+            RELAYQ_METRICS_PORT=str(port),
+            RELAYQ_DLQ_GRPC=dlq_address,
+            **extra,
+        ),
+        inherit_env=False,
+    )
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_healthy(lambda: http_ok(f"{url}/healthz"), timeout=30)
+    return proc, url
+
+
 @pytest.fixture(scope="module")
 def gateway(
     database_url: str,
@@ -31,22 +54,14 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """relayq-metrics-gateway over the broker database no worker consumes."""
-    port = free_port()
-    proc = ServiceProcess(
-        "gateway",
-        [str(BIN / "relayq-metrics-gateway")],
-        log_path=Path(tmp_path_factory.mktemp("gateway")) / "gateway.log",
-        env=service_env(
-            database_url,
-            quiet_broker_url,
-            RELAYQ_METRICS_PORT=str(port),
-            RELAYQ_DLQ_GRPC=dlq_server.address,
-        ),
-        inherit_env=False,
+    proc, url = start_gateway(
+        database_url,
+        quiet_broker_url,
+        dlq_server.address,
+        Path(tmp_path_factory.mktemp("gateway")),
+        RELAYQ_EXPECTED_WORKERS="3",
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        proc.wait_healthy(lambda: http_ok(f"{url}/healthz"), timeout=30)
         yield url
     finally:
         proc.stop(timeout=10)
@@ -93,6 +108,11 @@ async def test_queue_depth_oldest_age_and_dlq_depth(
     assert samples[("relayq_queue_oldest_job_age_seconds", (("queue", "default"),))] >= 1.0
     assert samples[("relayq_dlq_depth", (("reason", "permanent_error"), ("task", task)))] == 3
     assert samples[("relayq_gateway_source_errors_total", (("source", "dlq"),))] == 0
+    for source in ("redis", "postgres", "dlq"):
+        assert samples[("relayq_gateway_source_up", (("source", source),))] == 1, source
+    # The three reported above are active: the oldest has waited since it was stored.
+    assert 0 <= samples[("relayq_dlq_oldest_active_age_seconds", ())] < 24 * 3600
+    assert samples[("relayq_workers_expected", ())] == 3  # RELAYQ_EXPECTED_WORKERS
     assert elapsed < 2.0
 
 
@@ -104,4 +124,41 @@ async def test_a_source_down_leaves_the_others_served(gateway: str, dlq_server: 
         dlq_server.start()
     assert ("relayq_queue_depth", (("queue", "default"),)) in samples
     assert not any(name == "relayq_dlq_depth" for name, _ in samples)
+    assert not any(name == "relayq_dlq_oldest_active_age_seconds" for name, _ in samples)
     assert samples[("relayq_gateway_source_errors_total", (("source", "dlq"),))] >= 1
+    # Unreachable is a value (0), not a missing series: PostgresUnreachable and friends read it.
+    assert samples[("relayq_gateway_source_up", (("source", "dlq"),))] == 0
+    assert samples[("relayq_gateway_source_up", (("source", "redis"),))] == 1
+
+
+async def test_redis_unreachable_is_source_up_zero(
+    database_url: str, dlq_server: DlqServer, tmp_path: Path
+) -> None:
+    """A broker nobody listens on: the gateway still answers, saying Redis is down."""
+    proc, url = start_gateway(
+        database_url, f"redis://127.0.0.1:{free_port()}/0", dlq_server.address, tmp_path
+    )
+    try:
+        samples = await asyncio.to_thread(scrape, url)
+    finally:
+        proc.stop(timeout=10)
+    assert samples[("relayq_gateway_source_up", (("source", "redis"),))] == 0
+    assert samples[("relayq_gateway_source_up", (("source", "postgres"),))] == 1
+    assert samples[("relayq_gateway_source_errors_total", (("source", "redis"),))] >= 1
+    assert samples[("relayq_workers_expected", ())] == 0  # not configured: no expectation
+
+
+async def test_the_gateway_starts_and_reports_while_postgres_is_unreachable(
+    quiet_broker_url: str, dlq_server: DlqServer, tmp_path: Path
+) -> None:
+    """Restarted during a PostgreSQL outage, the gateway still serves: PostgresUnreachable
+    fires, not ServiceDown."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/relayq"
+    proc, url = start_gateway(dead, quiet_broker_url, dlq_server.address, tmp_path)
+    try:
+        samples = await asyncio.to_thread(scrape, url)
+    finally:
+        proc.stop(timeout=10)
+    assert samples[("relayq_gateway_source_up", (("source", "postgres"),))] == 0
+    assert samples[("relayq_gateway_source_up", (("source", "redis"),))] == 1
+    assert ("relayq_queue_depth", (("queue", "default"),)) in samples

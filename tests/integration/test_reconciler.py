@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from relayq_core.db.ledger import JobLedger, create_pool
 from relayq_core.db.migrate import migrate_ledger
@@ -315,6 +316,54 @@ async def test_a_failed_publish_leaves_the_claim_for_the_next_cycle(world: World
     finally:
         await dead.close()
     assert await world.reconciler.cycle() == {Reason.NEVER_PUBLISHED: 1}
+
+
+def overdue(reason: Reason) -> tuple[float, float]:
+    """The reconciler's overdue gauges for ``reason``: (jobs, oldest's wait in seconds)."""
+    labels = {"reason": reason.value}
+    jobs = REGISTRY.get_sample_value("relayq_reconciler_overdue_jobs", labels)
+    oldest = REGISTRY.get_sample_value("relayq_reconciler_oldest_overdue_seconds", labels)
+    assert jobs is not None and oldest is not None, reason
+    return jobs, oldest
+
+
+async def test_overdue_gauges_show_what_waits_for_repair_even_when_the_repair_fails(
+    world: World,
+) -> None:
+    """JobsWaitingForRepair's signal: none of these jobs waits in the broker, so the queue's
+    oldest-job age never sees them; the gauges do, measured before the cycle acts (a cycle
+    whose publish fails, Redis down, still reports them)."""
+    unpublished, retry, running = await world.submit(3)
+    await world.consume(3, lose={unpublished.job_id, retry.job_id, running.job_id})
+    await _set(
+        world, unpublished.job_id, "enqueued_at = NULL, updated_at = now() - interval '5 min'"
+    )
+    await _set(
+        world, retry.job_id, "state = 'retrying', next_attempt_at = now() - interval '7 min'"
+    )
+    await _set(world, running.job_id, "state = 'running', updated_at = now() - interval '9 min'")
+    dead = Publisher(f"redis://127.0.0.1:{free_port()}/0")
+    broken = Reconciler(world.pool, world.aredis, dead, [QUEUE], deadlines=Deadlines.all(DEADLINE))
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (redis's ConnectionError and friends)
+            await broken.cycle(scan=True)
+    finally:
+        await dead.close()
+    jobs, oldest = overdue(Reason.NEVER_PUBLISHED)
+    assert jobs == 1 and 300 <= oldest < 360
+    jobs, oldest = overdue(Reason.RETRY_LOST)
+    assert jobs == 1 and 420 <= oldest < 480
+    await broken.scan_queues()  # abandoned deliveries are measured by the scan
+    jobs, oldest = overdue(Reason.WORKER_LOST)
+    assert jobs == 1 and 540 <= oldest < 600
+    # Done (by workers, after a repair): the next measures find nothing left.
+    await world.pool.execute(
+        "UPDATE relayq_jobs SET state = 'succeeded', enqueued_at = now() WHERE job_id = ANY($1)",
+        [unpublished.job_id, retry.job_id, running.job_id],
+    )
+    await world.reconciler.cycle(scan=True)
+    for reason in (Reason.NEVER_PUBLISHED, Reason.RETRY_LOST, Reason.WORKER_LOST):
+        assert overdue(reason) == (0, 0), reason
 
 
 def reconciler_process(

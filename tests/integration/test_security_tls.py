@@ -126,6 +126,28 @@ async def test_dlq_serves_tls_to_clients_that_trust_its_certificate(
             stub = dead_letter_pb2_grpc.DeadLetterServiceStub(ch)
             reply = await stub.GetDeadLetter(pb.GetDeadLetterRequest(id=request.job_id))
         assert reply.dead_letter.task == "tls.check"
+        # dlq-tool, configured by the environment like every relayq client (the runbook's
+        # first commands run it with TLS on).
+        tool = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "dlq-tool"), "--address", address, "list", "--task", "tls.check"],
+            env={**service_env("", ""), "RELAYQ_TLS_CA_FILE": str(server.cert)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert tool.returncode == 0 and request.job_id in tool.stdout, tool.stdout + tool.stderr
+        plain = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "dlq-tool"), "--address", address, "--timeout", "3", "stats"],
+            env=service_env("", ""),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert plain.returncode != 0, "a plaintext dlq-tool must not reach a TLS dlq-svc"
         # Refused: a plaintext client, and one that trusts another certificate.
         assert await health(address, None) == grpc.StatusCode.UNAVAILABLE
         assert await health(address, ClientTls(certs["stranger"].cert)) == (

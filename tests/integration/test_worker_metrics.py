@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import time
 import urllib.request
 
@@ -16,7 +18,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from relayq.v1 import ingest_pb2, job_pb2
 from relayq_devstack.process import ServiceProcess
-from tests.conftest import Ingest
+from tests.conftest import BIN, Ingest, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -93,3 +95,26 @@ async def test_duration_buckets_carry_trace_exemplars(
     ]
     assert exemplars, "no exemplar on any duration bucket"
     assert all(len(e.labels["trace_id"]) == 32 for e in exemplars)
+
+
+async def test_a_second_node_on_a_taken_metrics_port_says_so_and_stops(
+    database_url: str, quiet_broker_url: str
+) -> None:
+    """Metrics are on by default (9200): a second node on the same host must not start without
+    /metrics, and must say which setting to change."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "relayq-worker")],
+            env=service_env(database_url, quiet_broker_url, RELAYQ_WORKER_METRICS_PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode != 0
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in done.stderr, done.stderr[-2000:]
+    assert "RELAYQ_WORKER_METRICS_PORT" in done.stderr

@@ -50,7 +50,7 @@ pytestmark = pytest.mark.e2e
 
 SERVICE_SOURCES = [
     REPO / folder / "src" for folder in ("ingest-svc", "worker-svc", "dlq-svc", "metrics-gateway")
-]
+] + [REPO / "libs" / "core" / "src"]  # the reconciler lives in the shared core
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _IDENTIFIER = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 

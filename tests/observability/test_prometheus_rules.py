@@ -43,9 +43,33 @@ RUNBOOK_ANCHORS = {
     "ReconcilerStalled": "reconciler-failing",
     # The reconciler's broker-reset count: the incident section the runbook already had.
     "BrokerDataLost": "redis-lost-its-data",
+    "PostgresUnreachable": "postgresql-unreachable",
+    "RedisUnreachable": "redis-unreachable",
+    "MetricsGatewaySourceFailing": "metrics-gateway-source-failing",
+    "IngestRefusing": "ingest-refusing-submits",
+    "IngestSlow": "ingest-slow",
+    "DeadLettersUnhandled": "dead-letters-unhandled",
+    "WorkersBelowExpected": "workers-below-expected",
+    "JobsWaitingForRepair": "jobs-waiting-for-repair",
+    "Watchdog": "watchdog",
+    "PrometheusNotConnectedToAlertmanager": "alert-delivery-failing",
+    "PrometheusErrorSendingAlerts": "alert-delivery-failing",
+    "AlertmanagerNotificationsFailing": "alert-delivery-failing",
 }
 # Paged at 3am: jobs are not being done, or we would not know.
-PAGES = {"OldestJobTooOld", "NoWorkerConsuming", "ServiceDown"}
+PAGES = {
+    "OldestJobTooOld",
+    "NoWorkerConsuming",
+    "ServiceDown",
+    "PostgresUnreachable",
+    "RedisUnreachable",
+    "IngestRefusing",
+    "JobsWaitingForRepair",
+}
+#: Every runbook_url starts here (the local stack swaps this base for RELAYQ_RUNBOOK_BASE_URL).
+RUNBOOK_BASE = "https://github.com/relayq/relayq/blob/main/docs/runbook.md"
+#: Alerts without "for": the dead-man's switch must fire from the first evaluation.
+ALWAYS_FIRING = {"Watchdog"}
 
 
 def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -75,9 +99,18 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading."""
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation but hyphens and
+    underscores dropped, each space a hyphen."""
     slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
     return slug.replace(" ", "-")
+
+
+def test_github_anchor_follows_githubs_rules() -> None:
+    assert github_anchor("PostgreSQL unreachable") == "postgresql-unreachable"
+    assert github_anchor("Redis restarts: reconnects, a crash we fixed") == (
+        "redis-restarts-reconnects-a-crash-we-fixed"
+    )
+    assert github_anchor("DLQ flooding (`dlq-tool`)") == "dlq-flooding-dlq-tool"
 
 
 # --- promtool --------------------------------------------------------------------------------
@@ -149,7 +182,8 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
     cases = _alert_cases()
     for name in sorted(names):
         seen = cases.get(name, {"firing": 0, "quiet": 0})
-        assert seen["firing"] and seen["quiet"], f"{name}: unit tests {seen}"
+        quiet_needed = name not in ALWAYS_FIRING  # the dead-man's switch is never quiet
+        assert seen["firing"] and (seen["quiet"] or not quiet_needed), f"{name}: unit tests {seen}"
     assert set(cases) <= names, f"tests name unknown alerts: {set(cases) - names}"
 
 
@@ -200,11 +234,66 @@ def test_alerts_carry_severity_annotations_and_runbook() -> None:
         assert notes.get("summary") and notes.get("description"), name
         # A rule that fires only at 0 ("up == 0", "no cycle finished == 0") has no value to show.
         shows_value = "$value" in notes["summary"] + notes["description"]
-        assert shows_value or " == 0" in str(rule["expr"]), name
-        anchor = RUNBOOK_ANCHORS[name]
-        assert notes.get("runbook_url") == f"docs/runbook.md#{anchor}", name
+        assert shows_value or " == 0" in str(rule["expr"]) or name in ALWAYS_FIRING, name
+        url = notes.get("runbook_url", "")
+        assert url.startswith(RUNBOOK_BASE + "#"), f"{name}: {url!r} is not absolute"
+        anchor = url.removeprefix(RUNBOOK_BASE + "#")
+        assert anchor == RUNBOOK_ANCHORS[name], name
         assert anchor in anchors, f"docs/runbook.md has no section for #{anchor}"
-        assert parse_duration(str(rule["for"])) >= 120, f"{name}: a blip must not alert"
+        if name in ALWAYS_FIRING:
+            assert "for" not in rule and str(rule["expr"]) == "vector(1)", name
+        else:
+            assert parse_duration(str(rule["for"])) >= 120, f"{name}: a blip must not alert"
+
+
+def test_the_alerts_others_refer_to_exist() -> None:
+    """The incident rehearsals and Alertmanager's inhibition rules name these."""
+    names = {rule["alert"] for rule in alert_rules()}
+    assert {
+        "PostgresUnreachable",
+        "RedisUnreachable",
+        "IngestRefusing",
+        "IngestSlow",
+        "MetricsGatewaySourceFailing",
+        "DeadLettersUnhandled",
+        "WorkersBelowExpected",
+        "Watchdog",
+        "NoWorkerConsuming",
+        "DLQFlooding",
+        "BrokerDataLost",
+        "ServiceDown",
+    } <= names
+
+
+def test_rehearsed_sections_give_first_commands_to_run() -> None:
+    """Each incident the rehearsals inject has, in its alert's section, a console block directly
+    under "**First commands (local stack)**", one `$ ` command a line, and compose's too."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = {s.splitlines()[0]: s for s in text.split("\n## ")[1:]}
+    for heading in (
+        "No worker consuming",
+        "Workers below expected",
+        "DLQ flooding",
+        "Redis unreachable",
+        "PostgreSQL unreachable",
+        "Redis lost its data",
+        "Ingest refusing submits",
+    ):
+        section = sections[heading]
+        found = re.search(
+            r"^\*\*First commands \(local stack\)\*\*\n\n```console\n(.*?)^```",
+            section,
+            re.MULTILINE | re.DOTALL,
+        )
+        assert found, heading
+        lines = found.group(1).splitlines()
+        assert lines and all(line.startswith("$ ") for line in lines), heading
+        # No pipeline that cannot fail: nothing ends in a command that succeeds on no input.
+        for line in lines:
+            last = line.rsplit("|", 1)[-1].strip()
+            assert not last.startswith(("tail", "head", "cat", "sort", "true")), line
+            assert "|| true" not in line, line
+        assert "**First commands (compose)**\n\n```console\n$ " in section, heading
 
 
 def test_service_down_pages_for_ingest_and_gateway_only() -> None:
@@ -220,7 +309,11 @@ def test_service_down_pages_for_ingest_and_gateway_only() -> None:
     assert "relayq-worker" in severities["ticket"] and "relayq-dlq" in severities["ticket"]
     assert "relayq-reconciler" in severities["ticket"]
     config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
-    scraped = {job["job_name"] for job in config["scrape_configs"]} - {"prometheus"}
+    # Prometheus and Alertmanager are watched by the alerting pipeline's own alerts (Watchdog).
+    scraped = {job["job_name"] for job in config["scrape_configs"]} - {
+        "prometheus",
+        "alertmanager",
+    }
     watched = set(re.findall(r"relayq-[a-z-]+", " ".join(severities.values())))
     assert scraped == watched, f"scraped but not watched: {scraped - watched}"
 
@@ -276,6 +369,47 @@ MUTATIONS = {
         "",
         "reconciler_stalled",
     ),
+    "postgres-any-gateway": (
+        'max by (source) (relayq_gateway_source_up{source="postgres"})',
+        'min by (source) (relayq_gateway_source_up{source="postgres"})',
+        "postgres_unreachable",
+    ),
+    "redis-source": (
+        'source_up{source="redis"}) == 0',
+        'source_up{source="dlq"}) == 0',
+        "redis_unreachable",
+    ),
+    "source-failing-unless": (
+        "          unless on (source)\n",
+        "          and on (source)\n",
+        "metrics_gateway_source_failing",
+    ),
+    "source-failing-postgres-down": (
+        "          unless on ()\n"
+        '            (max(relayq_gateway_source_up{source="postgres"}) == 0)\n',
+        "",
+        "metrics_gateway_source_failing",
+    ),
+    "refusals-server-side": (
+        'code=~"UNAVAILABLE|INTERNAL|UNKNOWN|DEADLINE_EXCEEDED|DATA_LOSS|5[0-9][0-9]"',
+        'code=~".+"',
+        "ingest_refusing",
+    ),
+    "refusals-share": ("          > 0.05\n", "          > 0.005\n", "ingest_refusing"),
+    "slow-traffic-guard": (
+        "(rate(relayq_ingest_submit_seconds_count[5m])) > 0.05",
+        "(rate(relayq_ingest_submit_seconds_count[5m])) > 0",
+        "ingest_slow",
+    ),
+    "slow-threshold": ("p99_rate5m > 0.5", "p99_rate5m > 1", "ingest_slow"),
+    "dead-letter-day": ("age_seconds) > 86400", "age_seconds) > 864000", "dead_letters_unhandled"),
+    "workers-expected": (
+        "scalar(max(relayq_workers_expected)) - relayq:workers_up:sum > 0",
+        "scalar(max(relayq_workers_expected)) - relayq:workers_up:sum > 1",
+        "workers_below_expected",
+    ),
+    "repair-wait": ("overdue_seconds) > 600", "overdue_seconds) > 6000", "jobs_waiting_for_repair"),
+    "watchdog": ("expr: vector(1)", "expr: vector(1) == 0", "alerting_pipeline"),
 }
 
 

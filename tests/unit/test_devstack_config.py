@@ -98,6 +98,7 @@ def test_services_are_wired_by_env() -> None:
     assert specs["worker2"].env["RELAYQ_WORKER_CONCURRENCY"] == "3"
     assert specs["worker2"].health == CeleryWorkers("redis://127.0.0.1:1000/0", 1, "worker2@")
     assert specs["metrics-gateway"].env["RELAYQ_METRICS_PORT"] == "9100"
+    assert specs["metrics-gateway"].env["RELAYQ_EXPECTED_WORKERS"] == "3"  # the stack's nodes
     assert specs["reconciler"].argv == ("/venv/bin/relayq-reconciler",)
     assert specs["reconciler"].env["RELAYQ_RECONCILER_PORT"] == "9102"
     assert specs["reconciler"].health == HttpOk("http://127.0.0.1:9102/healthz")

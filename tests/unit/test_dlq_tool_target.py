@@ -151,3 +151,24 @@ def test_server_errors_are_one_line() -> None:
     bare = server_error(FailedCall(grpc.StatusCode.PERMISSION_DENIED, ""), target, 30)
     assert str(bare) == "PERMISSION_DENIED: permission denied"
     assert "secret" not in str(down)
+
+
+def test_tls_files_from_the_environment_or_the_stacks_env_for_its_address(tmp_path: Path) -> None:
+    write_stack_env(
+        tmp_path,
+        "RELAYQ_DLQ_GRPC=localhost:6000\nRELAYQ_TLS_CA_FILE=/stack/ca.pem\n"
+        "RELAYQ_TLS_CERT_FILE=/stack/client.pem\nRELAYQ_TLS_KEY_FILE=/stack/client.key\n",
+    )
+    local = resolve_target(None, {}, tmp_path, ACTOR)
+    assert (local.tls_ca_file, local.tls_cert_file, local.tls_key_file) == (
+        Path("/stack/ca.pem"),
+        Path("/stack/client.pem"),
+        Path("/stack/client.key"),
+    )
+    # Another server gets neither the stack's CA nor its client certificate...
+    elsewhere = resolve_target("dlq.prod:443", {}, tmp_path, ACTOR)
+    assert (elsewhere.tls_ca_file, elsewhere.tls_cert_file) == (None, None)
+    # ...but the environment's, as every relayq client does.
+    env = {"RELAYQ_TLS_CA_FILE": "/etc/relayq/ca.pem", "RELAYQ_TLS_CERT_FILE": ""}
+    prod = resolve_target("dlq.prod:443", env, tmp_path, ACTOR)
+    assert (prod.tls_ca_file, prod.tls_cert_file) == (Path("/etc/relayq/ca.pem"), None)

@@ -16,7 +16,9 @@ class DlqSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to")
     grpc_port: int = Field(50052, ge=0, le=65535)
     db_pool_size: int = Field(5, gt=0)
-    metrics_port: int = Field(0, ge=0, le=65535, description="/metrics port; 0: no metrics")
+    metrics_port: int = Field(
+        9101, ge=0, le=65535, description="/metrics port (on by default); 0: no metrics"
+    )
     metrics_host: str = Field("127.0.0.1")
     grace_seconds: float = Field(5.0, ge=0, description="In-flight RPCs get this long on SIGTERM")
     admin_token: SecretStr | None = Field(

@@ -14,14 +14,15 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest_svc.auth import ApiKeyMiddleware, ApiKeys
-from ingest_svc.metrics import count_rejected
+from ingest_svc.metrics import SubmitMetricsMiddleware, count_rejected
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits, validate_job_id, validate_submission
 from relayq_core.catalog import Catalog
@@ -186,6 +187,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if api_keys is not None:  # added last: outermost, so a refused caller's body is never read
         app.add_middleware(ApiKeyMiddleware, keys=api_keys, error_body=_error_body)
+    # Outside both: a refusal by either (413, 401) is a refusal of the submit too.
+    app.add_middleware(SubmitMetricsMiddleware)
 
     @app.exception_handler(RelayqError)
     async def relayq_error(_: Request, exc: RelayqError) -> JSONResponse:
@@ -214,8 +217,10 @@ def create_app(
         return _error(InvalidArgument(f"{where}: {what}" if where else what))
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # OpenMetrics when asked (Prometheus does): the only format that carries exemplars.
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(REGISTRY), media_type=content_type)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

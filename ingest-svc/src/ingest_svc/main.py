@@ -13,6 +13,7 @@ from ingest_svc.auth import ApiKeyInterceptor, load_api_keys
 from ingest_svc.config import IngestSettings
 from ingest_svc.grpc_api import IngestServicer, registration
 from ingest_svc.http_api import create_app
+from ingest_svc.metrics import SubmitMetricsInterceptor
 from ingest_svc.outbox import OutboxLimits
 from ingest_svc.submit import JobService
 from ingest_svc.validation import Limits
@@ -65,7 +66,11 @@ async def serve(settings: IngestSettings) -> None:
     running = await start_server(
         [registration(servicer)],
         f"{settings.host}:{settings.grpc_port}",
-        interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else [],
+        # Outermost: a call refused by the key check counts as a refused submit too.
+        interceptors=[
+            SubmitMetricsInterceptor(),
+            *([ApiKeyInterceptor(api_keys)] if api_keys else []),
+        ],
         max_message_bytes=settings.max_message_bytes,
         tls=server_tls(settings),
     )

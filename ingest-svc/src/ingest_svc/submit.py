@@ -100,7 +100,12 @@ class JobService:
             async with self._pool.acquire() as conn:
                 return await self._submit(conn, specs, generated)
         except _DB_ERRORS as exc:
-            raise Unavailable(f"the job ledger is unavailable ({type(exc).__name__})") from exc
+            error = Unavailable(f"the job ledger is unavailable ({type(exc).__name__})")
+            # One line per job turned away, with its ids: what IngestRefusing's runbook greps.
+            for spec in specs:
+                with job_context(spec.job_id, spec.idempotency_key, task=spec.task):
+                    log.warning("job_refused", code=error.code.name, reason=error.message)
+            raise error from exc
 
     async def _submit(
         self, conn: asyncpg.Connection, specs: Sequence[JobSpec], generated: set[str]

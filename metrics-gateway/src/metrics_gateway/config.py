@@ -21,3 +21,10 @@ class GatewaySettings(CommonSettings):
     source_timeout_seconds: float = Field(
         2.0, gt=0, description="Longest a scrape waits for one source"
     )
+    expected_workers: int = Field(
+        0,
+        ge=0,
+        validation_alias="RELAYQ_EXPECTED_WORKERS",
+        description="Worker nodes the deployment should run (relayq_workers_expected, read by "
+        "WorkersBelowExpected); 0: no expectation, the alert stays quiet",
+    )

@@ -40,7 +40,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.source_timeout_seconds)
-        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        # min_size=0: no connection at start-up, so a gateway (re)started while PostgreSQL is
+        # down serves and says so (relayq_gateway_source_up{source="postgres"} 0) instead of
+        # failing to start: PostgresUnreachable, not ServiceDown.
+        pool = await create_pool(settings.database_url, min_size=0, max_size=2)
         dlq_channel = channel(settings.dlq_grpc, client_tls(settings))
         state["gauges"] = FleetGauges(
             redis,
@@ -48,6 +51,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             dead_letter_pb2_grpc.DeadLetterServiceStub(dlq_channel),
             catalog.queues(),
             settings.source_timeout_seconds,
+            settings.expected_workers,
         )
         try:
             yield

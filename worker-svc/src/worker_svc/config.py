@@ -36,7 +36,9 @@ class WorkerSettings(CommonSettings):
         10.0, gt=0, description="How long a duplicate delivery waits for the running one"
     )
     defer_seconds: float = Field(5.0, gt=0, description="Then it is re-tried after this delay")
-    metrics_port: int = Field(0, ge=0, le=65535, description="/metrics port; 0: no metrics")
+    metrics_port: int = Field(
+        9200, ge=0, le=65535, description="/metrics port (on by default); 0: no metrics"
+    )
     metrics_host: str = Field("127.0.0.1")
     metrics_dir: Path | None = Field(
         None, description="Where pool processes share metric files; default: a fresh temp dir"

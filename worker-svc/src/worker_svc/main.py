@@ -61,7 +61,15 @@ def main() -> None:
 
     use_directory(metrics_dir)
     if settings.metrics_port:
-        serve(settings.metrics_port, settings.metrics_host)
+        try:
+            serve(settings.metrics_port, settings.metrics_host)
+        except OSError as exc:  # on by default: a second node on this host finds 9200 taken
+            problem = (
+                f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} "
+                f"({exc.strerror}): give each node its own RELAYQ_WORKER_METRICS_PORT (0: none)"
+            )
+            log.error("worker_misconfigured", problem=problem)
+            sys.exit("relayq-worker: " + problem)
     queues = settings.queues or ",".join(catalog.queues())
     if settings.stall_seconds:
         from worker_svc.watchdog import install

@@ -79,6 +79,19 @@ class DeadLetterClient(Protocol):
     ) -> dead_letter_pb2.PurgeDeadLettersResponse: ...
 
 
+def _channel(target: Target) -> grpc.Channel:
+    """Plaintext, or TLS verified against the target's CA (mTLS with its certificate)."""
+    if target.tls_ca_file is None:
+        return grpc.insecure_channel(target.address)
+    key = cert = None
+    if target.tls_cert_file is not None and target.tls_key_file is not None:
+        key, cert = target.tls_key_file.read_bytes(), target.tls_cert_file.read_bytes()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=target.tls_ca_file.read_bytes(), private_key=key, certificate_chain=cert
+    )
+    return grpc.secure_channel(target.address, credentials)
+
+
 class DlqClient:
     """dlq-svc's ``DeadLetterService``, one method per RPC; raises :class:`ServerError`."""
 
@@ -86,7 +99,7 @@ class DlqClient:
         self.target = target
         self.timeout = timeout
         self._metadata = call_metadata(target)
-        self._channel = grpc.insecure_channel(target.address)
+        self._channel = _channel(target)
         self._stub = dead_letter_pb2_grpc.DeadLetterServiceStub(self._channel)
 
     def __enter__(self) -> DlqClient:

@@ -4,7 +4,9 @@ The address comes from ``--address``, else ``$RELAYQ_DLQ_GRPC``, else the ``.rel
 that ``relayq-stack up`` writes (found by walking up from the working directory), else
 ``127.0.0.1:50052``. The admin token comes from ``$RELAYQ_DLQ_ADMIN_TOKEN``, else from that
 stack.env, but only when the address is the local stack's: the local token is never sent
-to another server.
+to another server. TLS, as every relayq client: ``$RELAYQ_TLS_CA_FILE`` set (here, or in that
+stack.env for its address) opens a TLS channel verified against it, with
+``$RELAYQ_TLS_CERT_FILE`` and ``$RELAYQ_TLS_KEY_FILE`` as the client certificate (mTLS).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ DEFAULT_ADDRESS = "127.0.0.1:50052"
 ADDRESS_VAR = "RELAYQ_DLQ_GRPC"
 TOKEN_VAR = "RELAYQ_DLQ_ADMIN_TOKEN"
 STACK_ENV = Path(".relayq") / "stack.env"
+TLS_CA_VAR = "RELAYQ_TLS_CA_FILE"
+TLS_CERT_VAR = "RELAYQ_TLS_CERT_FILE"
+TLS_KEY_VAR = "RELAYQ_TLS_KEY_FILE"
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -34,6 +39,10 @@ class Target:
     actor: str
     # Where the address came from, for error messages ("--address", "$RELAYQ_DLQ_GRPC", ...).
     source: str
+    #: TLS: the CA to verify dlq-svc against (None: plaintext), and a client certificate.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 def find_stack_env(start: Path) -> Path | None:
@@ -123,4 +132,20 @@ def resolve_target(
     token = environ.get(TOKEN_VAR) or None
     if token is None and stack_address is not None and resolved == stack_address:
         token = stack.get(TOKEN_VAR) or None
-    return Target(address=resolved, token=token, actor=actor, source=source)
+
+    local = stack_address is not None and resolved == stack_address
+
+    def tls_path(name: str) -> Path | None:
+        # The stack's files only for the stack's address, as its token.
+        value = environ.get(name) or (stack.get(name) if local else "") or ""
+        return Path(value) if value else None
+
+    return Target(
+        address=resolved,
+        token=token,
+        actor=actor,
+        source=source,
+        tls_ca_file=tls_path(TLS_CA_VAR),
+        tls_cert_file=tls_path(TLS_CERT_VAR),
+        tls_key_file=tls_path(TLS_KEY_VAR),
+    )

@@ -56,7 +56,13 @@ Every ``interval_seconds`` (one ``GET`` and one index probe):
   (both 60 s by default), so the rule takes over what ingest gave up rather than racing it.
 
 Each job re-published is logged (``job_requeued``, with its ``job_id`` and
-``idempotency_key``) and counted in ``relayq_reconciler_requeued_total{reason}``. A failed cycle
+``idempotency_key``) and counted in ``relayq_reconciler_requeued_total{reason}``. What the
+never-published, lost-retry and abandoned rules still have to repair is measured before each
+cycle acts (so a cycle that then fails, Redis down, still reports it):
+``relayq_reconciler_overdue_jobs{reason}`` and ``relayq_reconciler_oldest_overdue_seconds{reason}``,
+how long the oldest of them has waited (since its submit, its due time, its last sign of life).
+None of these jobs counts in the queue's oldest-job age (they are not waiting in the broker), so
+JobsWaitingForRepair pages on this gauge when one waits too long. A failed cycle
 (Postgres or Redis unreachable) is logged and retried at the next interval; a claim whose
 publish fails is rolled back.
 """
@@ -77,7 +83,7 @@ from typing import Any, cast
 
 import asyncpg
 import redis.asyncio as aioredis
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from redis.exceptions import RedisError
@@ -116,6 +122,21 @@ CYCLE_SECONDS = Histogram(
     "Time one reconciler cycle took",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+OVERDUE_JOBS = Gauge(
+    "relayq_reconciler_overdue_jobs",
+    "Jobs a repair rule (never_published, retry_lost, worker_lost) still has to act on, as of "
+    "the last measure (counted up to 10000)",
+    ["reason"],
+)
+OLDEST_OVERDUE = Gauge(
+    "relayq_reconciler_oldest_overdue_seconds",
+    "How long the oldest job a repair rule still has to act on has waited: since its submit "
+    "(never_published), its due time (retry_lost), its last sign of life (worker_lost); 0: none",
+    ["reason"],
+)
+#: The most overdue jobs counted per measure: the count is for reading, the age is what alerts.
+_OVERDUE_COUNT_LIMIT = 10_000
 
 
 class Reason(StrEnum):
@@ -163,7 +184,9 @@ class ReconcilerSettings(CommonSettings):
         "connection that stopped answering) is cancelled and its cycle counts as failed",
     )
     host: str = Field("127.0.0.1", description="Where /healthz and /metrics listen")
-    port: int = Field(0, ge=0, le=65535, description="/healthz and /metrics; 0: not served")
+    port: int = Field(
+        9102, ge=0, le=65535, description="/healthz and /metrics (on by default); 0: not served"
+    )
 
 
 @dataclass
@@ -228,6 +251,7 @@ class Reconciler:
         """The epoch and unpublished checks (and, with ``scan``, the turnover-driven rules);
         how many jobs each reason re-published."""
         done: Tally[Reason] = Tally()
+        await self.measure_overdue(scan=scan)
         done[Reason.BROKER_DATA_LOST] = await self.check_epoch()
         done[Reason.NEVER_PUBLISHED] = await self._requeue_all(
             Reason.NEVER_PUBLISHED, "requeue_unpublished", self._deadlines.unpublished
@@ -235,6 +259,18 @@ class Reconciler:
         if scan:
             done.update(await self.scan_queues())
         return {reason: n for reason, n in done.items() if n}
+
+    async def measure_overdue(self, *, scan: bool = False) -> None:
+        """Sets the overdue gauges: never-published submits every cycle, overdue retries with
+        each scan (abandoned deliveries are measured by the scan itself)."""
+        measures = [(Reason.NEVER_PUBLISHED, "overdue_unpublished", self._deadlines.unpublished)]
+        if scan:
+            measures.append((Reason.RETRY_LOST, "overdue_retries", self._deadlines.retry))
+        for reason, query, deadline in measures:
+            row = await self._pool.fetchrow(_Q[query], deadline, _OVERDUE_COUNT_LIMIT)
+            assert row is not None
+            OVERDUE_JOBS.labels(reason=reason.value).set(row["jobs"])
+            OLDEST_OVERDUE.labels(reason=reason.value).set(row["oldest_seconds"])
 
     async def check_epoch(self) -> int:
         """Rule 1: a sweep when the epoch key vanished (or one left unfinished)."""
@@ -276,10 +312,15 @@ class Reconciler:
         new cutoff allows (see the module docstring)."""
         done: Tally[Reason] = Tally()
         now = await self._db_now()
-        for row in await self._pool.fetch(
+        unheld = await self._pool.fetch(
             _Q["unheld_running"], self._deadlines.abandoned, self._batch
-        ):
+        )
+        for row in unheld:
             self._unheld.setdefault(row["job_id"], (row["queue"], now))
+        OVERDUE_JOBS.labels(reason=Reason.WORKER_LOST.value).set(len(unheld))
+        OLDEST_OVERDUE.labels(reason=Reason.WORKER_LOST.value).set(
+            max((float(r["waited_seconds"]) for r in unheld), default=0.0)
+        )
         for queue in self._queues:
             mark = self._marks.get(queue)
             if mark is not None and mark.turned_over:

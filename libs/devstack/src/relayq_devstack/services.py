@@ -157,7 +157,13 @@ def relayq_services(ctx: ServiceContext) -> list[ServiceSpec]:
             name="metrics-gateway",
             group="metrics-gateway",
             argv=(ctx.script("relayq-metrics-gateway"),),
-            env={**env, "RELAYQ_METRICS_HOST": HOST, "RELAYQ_METRICS_PORT": str(p["metrics"])},
+            env={
+                **env,
+                "RELAYQ_METRICS_HOST": HOST,
+                "RELAYQ_METRICS_PORT": str(p["metrics"]),
+                # WorkersBelowExpected: the stack runs this many nodes.
+                "RELAYQ_EXPECTED_WORKERS": str(ctx.workers),
+            },
             health=HttpOk(f"{metrics}/healthz"),
             endpoint=metrics,
             port=p["metrics"],

@@ -4,10 +4,9 @@
   waiting job, and the unfinished jobs that need a look (dead letters waiting for dlq-svc,
   overdue retries, never-enqueued submits, worker losses). The runbook's first command when a
   backlog grows.
-- ``relayq-ledger jobs [--state S] [--queue Q] [--task T] [--limit N] [--json]``: the unfinished
-  jobs themselves, oldest first, with why each waits (waiting for a worker, never published,
-  retry overdue, lease expired, dead letter waiting for dlq-svc): the job ids an incident
-  touches, for ``relayq-trace`` and ``GetJob``.
+- ``relayq-ledger waiting [--limit N] [--json]``: the unfinished jobs (queued, retrying,
+  running), longest waiting first, each with its ids, state, whether its message was ever handed
+  to the broker, and how long it has waited: which jobs an incident delays.
 - ``relayq-ledger purge [--retention-days N]``: retention (see :mod:`relayq_core.db.retention`).
 """
 
@@ -21,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relayq_core.db.ledger import JobLedger, connect
+from relayq_core.db.queries import SQL_DIR, load_queries
 from relayq_core.db.retention import RetentionSettings, purge
 from relayq_core.logging import configure_logging
 
@@ -46,46 +46,37 @@ async def stats(dsn: str) -> dict[str, Any]:
     return {"queues": by_queue, "oldest_waiting_seconds": oldest, "attention": attention}
 
 
-UNFINISHED = ("queued", "running", "retrying")
-
-
-async def jobs(
-    dsn: str, states: list[str], queue: str | None, task: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """The unfinished jobs :meth:`JobLedger.unfinished` lists, JSON-able."""
+async def waiting(dsn: str, limit: int) -> list[dict[str, Any]]:
+    """The unfinished jobs, longest waiting first (at most ``limit``)."""
     conn = await connect(dsn)
     try:
-        rows = await JobLedger().unfinished(conn, states, queue=queue, task=task, limit=limit)
+        rows = await conn.fetch(load_queries(SQL_DIR / "ledger.sql")["waiting_jobs"], limit)
     finally:
         await conn.close()
-    for row in rows:
-        row["created_at"] = row["created_at"].isoformat()
-    return rows
+    return [
+        {
+            "job_id": r["job_id"],
+            "idempotency_key": r["idempotency_key"],
+            "task": r["task"],
+            "queue": r["queue"],
+            "state": r["state"],
+            "published": r["published"],
+            "waited_seconds": round(max(float(r["waited_seconds"]), 0.0), 3),
+        }
+        for r in rows
+    ]
 
 
-def render_jobs(rows: list[dict[str, Any]]) -> str:
-    """``jobs`` as a table, columns as wide as their widest value (job ids are the caller's)."""
-    if not rows:
-        return "(no unfinished jobs)"
-    table = [("JOB ID", "TASK", "QUEUE", "STATE", "TRIES", "AGE", "WHY")]
-    for r in rows:
-        why = r["why"] + (f" ({r['last_error'][:60]})" if r["last_error"] else "")
-        table.append(
-            (
-                r["job_id"],
-                r["task"],
-                r["queue"],
-                r["state"],
-                str(r["attempt_count"]),
-                f"{r['age_seconds']:.1f}s",
-                why,
-            )
+def render_waiting(jobs: list[dict[str, Any]]) -> str:
+    """``waiting`` as a table (the job id first: it is what the next command takes)."""
+    lines = [f"{'JOB_ID':<38} {'TASK':<20} {'QUEUE':<12} {'STATE':<9} {'PUBLISHED':<9} WAITED"]
+    for j in jobs:
+        lines.append(
+            f"{j['job_id']:<38} {j['task']:<20} {j['queue']:<12} {j['state']:<9} "
+            f"{'yes' if j['published'] else 'no':<9} {j['waited_seconds']:.1f}s"
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in table
-    )
+    lines.append(f"({len(jobs)} unfinished job{'' if len(jobs) == 1 else 's'} shown)")
+    return "\n".join(lines)
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -109,17 +100,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("stats", help="jobs by queue and state; what needs attention")
     st.add_argument("--json", action="store_true", help="one JSON document")
-    j = sub.add_parser("jobs", help="unfinished jobs, oldest first, and why each waits")
-    j.add_argument(
-        "--state",
-        action="append",
-        choices=UNFINISHED,
-        help="queued, running or retrying (repeatable; default: all three)",
-    )
-    j.add_argument("--queue", help="only this queue")
-    j.add_argument("--task", help="only this task")
-    j.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
-    j.add_argument("--json", action="store_true", help="a JSON list")
+    wt = sub.add_parser("waiting", help="unfinished jobs, longest waiting first, with their ids")
+    wt.add_argument("--limit", type=int, default=20, help="at most N jobs (default 20)")
+    wt.add_argument("--json", action="store_true", help="one JSON document")
     p = sub.add_parser("purge", help="delete finished jobs (and their keys) past the retention")
     p.add_argument("--retention-days", type=float, default=settings.retention_days)
     args = parser.parse_args()
@@ -128,14 +111,11 @@ def main() -> None:
         if args.command == "stats":
             doc = asyncio.run(stats(settings.database_url))
             print(json.dumps(doc, indent=2) if args.json else render(doc))  # noqa: T201
-        elif args.command == "jobs":
+        elif args.command == "waiting":
             if args.limit <= 0:
                 parser.error("--limit must be positive")
-            states = args.state or list(UNFINISHED)
-            found = asyncio.run(
-                jobs(settings.database_url, states, args.queue, args.task, args.limit)
-            )
-            print(json.dumps(found, indent=2) if args.json else render_jobs(found))  # noqa: T201
+            jobs = asyncio.run(waiting(settings.database_url, args.limit))
+            print(json.dumps(jobs, indent=2) if args.json else render_waiting(jobs))  # noqa: T201
         else:
             if args.retention_days <= 0:
                 parser.error("--retention-days must be positive")

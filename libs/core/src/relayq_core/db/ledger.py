@@ -247,19 +247,6 @@ class JobLedger:
         rows = await db.fetch(_Q["counts_by_queue_and_state"])
         return [(r["queue"], r["state"], int(r["count"])) for r in rows]
 
-    async def unfinished(
-        self,
-        db: Executor,
-        states: Sequence[str],
-        *,
-        queue: str | None = None,
-        task: str | None = None,
-        limit: int = 20,
-    ) -> list[dict[str, Any]]:
-        """Unfinished jobs in ``states``, oldest first, each with why it waits (see ledger.sql)."""
-        rows = await db.fetch(_Q["unfinished_jobs"], list(states), queue, task, limit)
-        return [dict(r) for r in rows]
-
     async def attention(self, db: Executor) -> dict[str, int]:
         """Counts of unfinished jobs an operator should look at (see ledger.sql)."""
         row = await db.fetchrow(_Q["attention_counts"])

@@ -209,7 +209,8 @@ WITH held AS (
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 )
-SELECT job_id, queue FROM relayq_jobs
+SELECT job_id, queue, extract(epoch FROM now() - updated_at)::float8 AS waited_seconds
+FROM relayq_jobs
 WHERE state = 'running' AND updated_at < now() - make_interval(secs => $1)
   AND (lease_until IS NULL OR lease_until < now())
   AND hashtextextended(job_id, 0) NOT IN (SELECT key FROM held)
@@ -273,6 +274,34 @@ FROM picked
 WHERE j.job_id = picked.job_id
 RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0 AS failures;
 
+-- name: overdue_unpublished
+-- relayq_reconciler_overdue_*{reason="never_published"}: submits older than $1 seconds still
+-- not published (what requeue_unpublished would take), how many (counted up to $2) and how long
+-- the oldest has waited since it was submitted. One range of relayq_jobs_unpublished.
+SELECT count(*) AS jobs, coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8
+    AS oldest_seconds
+FROM (
+    SELECT updated_at FROM relayq_jobs
+    WHERE state = 'queued' AND enqueued_at IS NULL
+      AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY updated_at
+    LIMIT $2
+) overdue;
+
+-- name: overdue_retries
+-- relayq_reconciler_overdue_*{reason="retry_lost"}: retries due more than $1 seconds ago and
+-- not started (lost, or stuck behind a backlog: late either way), how many (up to $2) and how
+-- long the oldest has been due. One range of relayq_jobs_retry_due.
+SELECT count(*) AS jobs, coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0)::float8
+    AS oldest_seconds
+FROM (
+    SELECT next_attempt_at FROM relayq_jobs
+    WHERE state = 'retrying' AND pending_dead_letter IS NULL
+      AND next_attempt_at < now() - make_interval(secs => $1)
+    ORDER BY next_attempt_at
+    LIMIT $2
+) overdue;
+
 -- name: continue_attempt_numbering
 -- A replay re-created a job the ledger had purged: its attempts continue from the dead letter's
 -- last one instead of starting again at 1, so a new dead-lettering carries a higher
@@ -281,27 +310,17 @@ RETURNING j.job_id, j.idempotency_key, j.task, j.queue, j.payload, j.trace_id, 0
 UPDATE relayq_jobs SET attempt_count = $2
 WHERE job_id = $1 AND attempt_count < $2;
 
--- name: unfinished_jobs
--- relayq-ledger jobs: unfinished jobs, oldest first, with why each needs a look. $1 the states,
--- $2 a queue or NULL, $3 a task or NULL, $4 how many (an operator's command, not a scrape).
-SELECT job_id, idempotency_key, task, queue, state, attempt_count, created_at,
-       round(extract(epoch FROM now() - created_at)::numeric, 1)::float8 AS age_seconds,
-       CASE
-           WHEN pending_dead_letter IS NOT NULL THEN 'dead letter waiting for dlq-svc'
-           WHEN state = 'queued' AND enqueued_at IS NULL THEN 'never published'
-           WHEN state = 'retrying' AND next_attempt_at < now() THEN 'retry overdue'
-           WHEN state = 'retrying' THEN 'retry due ' || to_char(next_attempt_at, 'HH24:MI:SS')
-           WHEN state = 'running' AND lease_until < now() THEN 'lease expired'
-           WHEN state = 'running' THEN 'running'
-           ELSE 'waiting for a worker'
-       END AS why,
-       worker_losses, coalesce(last_error, '') AS last_error
+-- name: waiting_jobs
+-- relayq-ledger waiting: the unfinished jobs, longest waiting first, at most $1: what an incident
+-- delays, by id. "waited" counts from the submit, or for a retry from when it fell due. (A scan
+-- of the unfinished rows, sorted: an operator's command, not a scrape.)
+SELECT job_id, idempotency_key, task, queue, state, enqueued_at IS NOT NULL AS published,
+       extract(epoch FROM now() - CASE WHEN state = 'retrying' THEN next_attempt_at
+                                       ELSE created_at END)::float8 AS waited_seconds
 FROM relayq_jobs
-WHERE state = ANY($1::text[])
-  AND ($2::text IS NULL OR queue = $2)
-  AND ($3::text IS NULL OR task = $3)
-ORDER BY created_at
-LIMIT $4;
+WHERE state IN ('queued', 'retrying', 'running')
+ORDER BY waited_seconds DESC
+LIMIT $1;
 
 -- name: counts_by_queue_and_state
 -- relayq-ledger stats: the whole ledger by queue and state (an index-only scan is not possible
