@@ -53,8 +53,27 @@ def test_scrape_jobs_match_the_compose_config() -> None:
     """The local stack and compose name each service's job alike: the alert rules and the
     dashboard select on them."""
     compose = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
-    compose_jobs = {job["job_name"] for job in compose["scrape_configs"]} - {"prometheus"}
+    compose_jobs = {job["job_name"] for job in compose["scrape_configs"]} - {
+        "prometheus",
+        "alertmanager",  # both scrape their own monitoring; see the test below
+    }
     assert {job.name for job in scrape_jobs(relayq_services(_ctx()))} == compose_jobs
+
+
+def test_prometheus_scrapes_the_stacks_alertmanager(tmp_path: Path) -> None:
+    """AlertmanagerNotificationsFailing reads Alertmanager's own metrics, locally as in compose
+    (whose prometheus.yml names the same job)."""
+    compose = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+    assert {"job_name": "alertmanager", "static_configs": [{"targets": ["alertmanager:9093"]}]} in (
+        compose["scrape_configs"]
+    )
+    spec = prom.prometheus_service(_ctx(), [], tmp_path, alertmanagers=["127.0.0.1:9093"])
+    assert spec is not None
+    config = yaml.safe_load(spec.files[tmp_path / "prometheus.yml"])
+    jobs = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
+    }
+    assert jobs["alertmanager"] == ["127.0.0.1:9093"]
 
 
 def test_services_get_their_metrics_ports() -> None:

@@ -178,7 +178,12 @@ def prometheus_service(
     config = root / "prometheus.yml"
     url = f"http://{HOST}:{port}"
     text = render_config(
-        [ScrapeJob("prometheus", (f"{HOST}:{port}",)), *scrape_jobs(specs)],
+        [
+            ScrapeJob("prometheus", (f"{HOST}:{port}",)),
+            # Its own metrics tell whether notifications fail (AlertmanagerNotificationsFailing).
+            *([ScrapeJob("alertmanager", tuple(alertmanagers))] if alertmanagers else []),
+            *scrape_jobs(specs),
+        ],
         rules=rule_files() if rules is None else rules,
         interval=interval,
         alertmanagers=alertmanagers,
