@@ -100,7 +100,7 @@ class JobService:
             async with self._pool.acquire() as conn:
                 return await self._submit(conn, specs, generated)
         except _DB_ERRORS as exc:
-            error = Unavailable(f"the job ledger is unavailable ({type(exc).__name__})")
+            error = Unavailable(f"the job ledger is unavailable ({type(exc).__name__}: {exc})")
             # One line per job turned away, with its ids: what IngestRefusing's runbook greps.
             for spec in specs:
                 with job_context(spec.job_id, spec.idempotency_key, task=spec.task):

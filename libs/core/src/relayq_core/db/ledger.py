@@ -32,6 +32,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
+    # The connection's protocol state is broken (a pooled connection whose session was ended
+    # under it: "cannot switch to state ..., another operation is in progress").
+    asyncpg.InternalClientError,
+    # A ledger that takes no writes: a failover onto a read-only replica, a database set
+    # read-only. Not the request's fault; it passes when the primary is back.
+    asyncpg.ReadOnlySQLTransactionError,
 )
 
 
