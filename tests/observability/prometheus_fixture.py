@@ -26,7 +26,6 @@ text is not found, so a rule change cannot silently turn a test into a no-op.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import pytest
 import yaml
 
 from relayq_core.settings import repo_root
+from relayq_devstack.rules import scale_duration, scale_expr
 from relayq_devstack.tools import find_tool, missing_message
 
 REPO = repo_root()
@@ -43,16 +43,6 @@ PROMETHEUS_DIR = REPO / "observability" / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
-
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_UNITS_MS["y"] = 365 * _UNITS_MS["d"]
-_DURATION = r"(?:\d+(?:ms|[smhdwy]))+"
-_DURATION_PART = re.compile(r"(\d+)(ms|[smhdwy])")
-# A range selector or subquery: [5m], [30m:1m], [30m:].
-_RANGE = re.compile(rf"\[\s*({_DURATION})\s*(?::\s*({_DURATION})?\s*)?\]")
-_OFFSET = re.compile(rf"\b(offset\s+-?)({_DURATION})\b")
-# String literals are copied untouched ("[0-9]m" in a regex matcher is not a duration).
-_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|`[^`]*`")
 
 
 def require_tool(name: str) -> Path:
@@ -65,48 +55,6 @@ def require_tool(name: str) -> Path:
     pytest.fail(missing_message(name))
 
 
-def parse_duration(text: str) -> float:
-    """A Prometheus duration (``1h30m``, ``500ms``) in seconds."""
-    if not re.fullmatch(_DURATION, text):
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(int(n) * _UNITS_MS[unit] for n, unit in _DURATION_PART.findall(text)) / 1000
-
-
-def format_duration(seconds: float) -> str:
-    """``seconds`` as a Prometheus duration in whole milliseconds (at least 1ms)."""
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
-def scale_duration(text: str, factor: float, floor: float = 0.0) -> str:
-    """``text`` times ``factor``, never below ``floor`` seconds."""
-    return format_duration(max(parse_duration(text) * factor, floor))
-
-
-def scale_expr(expr: str, factor: float, min_range: float = 0.0) -> str:
-    """``expr`` with its ranges, subquery steps and offsets scaled; ranges (and subquery
-    steps) never below ``min_range`` seconds, so that a rate still sees two samples."""
-
-    def scale_range(match: re.Match[str]) -> str:
-        window = scale_duration(match.group(1), factor, min_range)
-        if ":" not in match.group(0):
-            return f"[{window}]"
-        step = match.group(2)
-        return f"[{window}:{scale_duration(step, factor) if step else ''}]"
-
-    def scale_code(code: str) -> str:
-        code = _RANGE.sub(scale_range, code)
-        return _OFFSET.sub(lambda m: m.group(1) + scale_duration(m.group(2), factor), code)
-
-    out: list[str] = []
-    last = 0
-    for literal in _STRING.finditer(expr):
-        out.append(scale_code(expr[last : literal.start()]))
-        out.append(literal.group(0))
-        last = literal.end()
-    out.append(scale_code(expr[last:]))
-    return "".join(out)
-
-
 def scaled_rules(
     files: Sequence[Path],
     dest: Path,
@@ -115,7 +63,8 @@ def scaled_rules(
     min_range: float = 0.0,
     substitute: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Copies of the rule ``files`` in ``dest`` with every duration times ``factor``.
+    """Copies of the rule ``files`` in ``dest`` with every duration times ``factor`` (the
+    stack's own scaling, :mod:`relayq_devstack.rules`, plus what a single test needs).
 
     Scaled: each rule's ``for`` and ``keep_firing_for``, each group's ``interval``, and in every
     ``expr`` the range selectors, subqueries and offsets (ranges at least ``min_range``
@@ -130,17 +79,17 @@ def scaled_rules(
         doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
         for group in doc.get("groups", []):
             if "interval" in group:
-                group["interval"] = scale_duration(group["interval"], factor)
+                group["interval"] = scale_duration(group["interval"], 1 / factor)
             for rule in group.get("rules", []):
                 expr = str(rule["expr"])
                 for old, new in pending.items():
                     if old in expr:
                         expr = expr.replace(old, new)
                         used.add(old)
-                rule["expr"] = scale_expr(expr, factor, min_range)
+                rule["expr"] = scale_expr(expr, 1 / factor, min_range)
                 for key in ("for", "keep_firing_for"):
                     if key in rule:
-                        rule[key] = scale_duration(str(rule[key]), factor)
+                        rule[key] = scale_duration(str(rule[key]), 1 / factor)
         target = dest / path.name
         target.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         written.append(target)

@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
+from relayq_devstack.rules import parse_duration
 from tests.observability.prometheus_fixture import (
     PROMETHEUS_DIR,
     REPO,
     RULE_FILES,
     RULE_TESTS,
     copy_rules_and_tests,
-    parse_duration,
     require_tool,
-    scale_expr,
     scaled_rules,
 )
 
@@ -429,17 +428,6 @@ def test_unit_tests_catch_a_broken_alert(tmp_path: Path, mutation: str) -> None:
 # --- the time-scaling helper -----------------------------------------------------------------
 
 
-def test_scale_expr_scales_ranges_subqueries_and_offsets_only() -> None:
-    expr = (
-        'rate(x{le=~"[0-9]m"}[5m]) + deriv(y[10m:1m]) - z offset 1h + max_over_time(w[30m:]) > 600'
-    )
-    assert scale_expr(expr, 1 / 60) == (
-        'rate(x{le=~"[0-9]m"}[5000ms]) + deriv(y[10000ms:1000ms]) - z offset 60000ms '
-        "+ max_over_time(w[30000ms:]) > 600"
-    )
-    assert scale_expr("rate(x[1m])", 1 / 60, min_range=4) == "rate(x[4000ms])"
-
-
 def test_scaled_rules_are_valid_and_scaled(tmp_path: Path) -> None:
     out = scaled_rules(
         RULE_FILES,
@@ -453,13 +441,13 @@ def test_scaled_rules_are_valid_and_scaled(tmp_path: Path) -> None:
     growing = next(
         r for r in rules_of(tmp_path / "alerts.yml") if r.get("alert") == "QueueDepthGrowing"
     )
-    assert growing["for"] == "15000ms"
+    assert growing["for"] == "15s"
     assert "queue:relayq_queue_depth:max > 20" in growing["expr"]
     deriv = next(
         r
         for r in rules_of(tmp_path / "recording.yml")
         if r.get("record") == "queue:relayq_queue_depth:deriv10m"
     )
-    assert deriv["expr"] == "deriv(queue:relayq_queue_depth:max[10000ms])"
+    assert deriv["expr"] == "deriv(queue:relayq_queue_depth:max[10s])"
     with pytest.raises(ValueError, match="matched no expression"):
         scaled_rules(RULE_FILES, tmp_path / "again", factor=1, substitute={"> 999999": "> 1"})

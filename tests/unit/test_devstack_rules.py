@@ -101,3 +101,10 @@ def test_render_rule_files_replaces_the_runbook_base(tmp_path: Path) -> None:
     assert plain[0].read_text() == RULES, "no base, no scale: a verbatim copy"
     with pytest.raises(ValueError):
         render_rule_files(tmp_path / "x", time_scale=0.5, repo=repo)
+
+
+def test_scale_expr_keeps_ranges_above_a_minimum() -> None:
+    """A test scraping every second wants its rates over a few samples."""
+    assert scale_expr("rate(x[1m])", 60, min_range=4) == "rate(x[4s])"
+    assert scale_expr("rate(x[10m])", 60, min_range=4) == "rate(x[10s])"
+    assert scale_expr("x offset 1m", 60, min_range=4) == "x offset 1s", "offsets are not ranges"

@@ -72,13 +72,14 @@ def scale_duration(text: str, time_scale: float, floor: float = FLOOR_SECONDS) -
     return format_duration(max(parse_duration(text) / time_scale, floor))
 
 
-def scale_expr(expr: str, time_scale: float) -> str:
-    """``expr`` with its ranges, subquery steps and offsets divided by ``time_scale``."""
+def scale_expr(expr: str, time_scale: float, min_range: float = FLOOR_SECONDS) -> str:
+    """``expr`` with its ranges, subquery steps and offsets divided by ``time_scale``; ranges
+    never below ``min_range`` seconds (about four scrape intervals, so a rate sees samples)."""
     if time_scale == 1:
         return expr
 
     def scale_range(match: re.Match[str]) -> str:
-        window = scale_duration(match.group(1), time_scale)
+        window = scale_duration(match.group(1), time_scale, max(min_range, FLOOR_SECONDS))
         if ":" not in match.group(0):
             return f"[{window}]"
         step = match.group(2)
