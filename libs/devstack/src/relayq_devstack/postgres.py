@@ -78,7 +78,7 @@ def system_user() -> str | None:
     return SYSTEM_USER
 
 
-def _prepare_data_dir(data_dir: Path, user: str | None) -> None:
+def prepare_data_dir(data_dir: Path, user: str | None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     if user is not None:
         entry = pwd.getpwnam(user)
@@ -222,7 +222,7 @@ class PostgresServer:
         """Starts the server on its port and waits until the database accepts connections."""
         if self.is_running():
             return
-        _prepare_data_dir(self.data_dir, self.user)
+        prepare_data_dir(self.data_dir, self.user)
         if not (self.data_dir / "PG_VERSION").exists():
             _initdb(self.data_dir, self.user, self.log_path, fast=self.fast)
         remove_stale_pidfile(self.data_dir)

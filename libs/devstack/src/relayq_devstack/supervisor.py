@@ -35,7 +35,7 @@ from pathlib import Path
 import structlog
 
 from relayq_devstack.config import RestartPolicy
-from relayq_devstack.postgres import remove_stale_pidfile
+from relayq_devstack.postgres import prepare_data_dir, remove_stale_pidfile
 from relayq_devstack.process import DetachedProcess, ServiceProcess, stop_all
 from relayq_devstack.state import Component, StackState, StatePaths
 
@@ -59,6 +59,9 @@ def spawn(component: Component) -> ServiceProcess:
     if component.kind == "postgres" and component.cwd is not None:
         # A killed postmaster leaves postmaster.pid; a recycled pid would make PostgreSQL refuse.
         remove_stale_pidfile(Path(component.cwd))
+        # Its user must still reach the data directory (a tool may have reset an ancestor's
+        # mode meanwhile: pytest makes its tmp root 0700 at each session's start).
+        prepare_data_dir(Path(component.cwd), component.user)
     proc = ServiceProcess(
         component.name,
         component.argv,
