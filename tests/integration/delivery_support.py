@@ -9,9 +9,25 @@ import asyncpg
 
 from relayq_core.db.ledger import JobLedger
 from relayq_core.jobs import JobSpec
+from relayq_core.retry import RetryPolicy
 from worker_svc.runner import Delivery
+from worker_svc.runtime import DeliveryLimits
 
 LEDGER = JobLedger()
+
+#: A lease, a lock wait and a kill grace short enough for a test to outlast them.
+SHORT_LIMITS = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+
+
+def quick_policy(timeout_seconds: float) -> RetryPolicy:
+    """Three retries, each due 50 ms after its failure (no jitter), and this time limit."""
+    return RetryPolicy(
+        base_delay_seconds=0.05,
+        max_delay_seconds=0.05,
+        max_retries=3,
+        jitter=0.0,
+        timeout_seconds=timeout_seconds,
+    )
 
 
 class Kills:

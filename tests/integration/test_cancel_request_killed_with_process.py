@@ -33,12 +33,11 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import new_job
+from tests.integration.delivery_support import SHORT_LIMITS, new_job, quick_policy
 from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Retry, handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -81,16 +80,10 @@ async def test_a_killed_attempts_downstream_statement_is_over_before_the_retry(
         else:
             loop.call_soon_threadsafe(die)
 
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(database_url, limits, kill=kill)
     other = Runtime(database_url, limits, kill=lambda: None)
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     seen_by_attempt_2: list[Any] = []
 
     async def sdk_handler(ctx: JobContext, payload: JsonObject) -> Any:

@@ -17,7 +17,7 @@ import pytest
 from relayq_core.db.ledger import JobLedger
 from relayq_core.errors import JobError
 from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import Kills, new_job
+from tests.integration.delivery_support import Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import (
     DeadLetter,
@@ -255,13 +255,7 @@ async def test_attempts_never_overlap_even_when_the_handler_offloads_to_a_thread
     dies with it. Here the kill is counted, and the "process" lives on, so the test lets the
     thread finish before the next attempt as the kill would have."""
     runtime, kills = make_runtime(database_url, kill_grace_seconds=0.3)
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     intervals: list[list[float]] = []
 
     def blocking_post() -> None:  # requests.post(..., timeout=10) to a slow receiver

@@ -23,12 +23,11 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import new_job
+from tests.integration.delivery_support import SHORT_LIMITS, new_job, quick_policy
 from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Deferred, handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -53,16 +52,10 @@ async def test_work_left_running_is_killed_before_its_lease_can_run_out(
     via_proxy = proxy.url
 
     kills = TimedKills()
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(via_proxy, limits, kill=kills)  # the pool process of attempt 1
     other = Runtime(database_url, limits, kill=TimedKills())  # another worker
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     threads: list[list[float]] = []  # attempt 1's offloaded request
     attempt_2: list[float] = []
 

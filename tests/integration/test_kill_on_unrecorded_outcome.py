@@ -28,11 +28,10 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import Kills, new_job
+from tests.integration.delivery_support import SHORT_LIMITS, Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Delivery, Interrupted, handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -43,16 +42,10 @@ async def test_work_left_running_is_killed_even_when_the_outcome_cannot_be_recor
     database_url: str, observer: asyncpg.Connection
 ) -> None:
     kills = Kills()
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(database_url, limits, kill=kills)  # the pool process of attempt 1
     other = Runtime(database_url, limits, kill=Kills())  # another pool process
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     intervals: list[list[float]] = []
     pids: list[int] = []
 

@@ -26,11 +26,10 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import Kills, new_job
+from tests.integration.delivery_support import SHORT_LIMITS, Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Deferred, Retry, handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -40,16 +39,10 @@ LEDGER = JobLedger()
 async def test_a_time_limit_stops_the_handlers_statement_and_frees_the_job(
     database_url: str, observer: asyncpg.Connection
 ) -> None:
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(database_url, limits, kill=Kills())
     other = Runtime(database_url, limits, kill=Kills())
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     pids: list[int] = []
 
     async def long_query(ctx: JobContext, payload: JsonObject) -> Any:

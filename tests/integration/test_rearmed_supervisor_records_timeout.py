@@ -24,8 +24,7 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import new_job
+from tests.integration.delivery_support import new_job, quick_policy
 from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import handle
@@ -44,13 +43,7 @@ async def test_a_commit_failure_is_recorded_as_itself_not_as_a_hard_timeout(
     kills: list[float] = []
     limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=10.0, kill_grace_seconds=1.0)
     runtime = Runtime(proxy.url, limits, kill=lambda: kills.append(time.monotonic()))
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     threads: list[list[float]] = []
 
     def blocking_post(seconds: float) -> None:  # requests.post(...) to a downstream

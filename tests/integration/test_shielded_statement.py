@@ -19,11 +19,10 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import Kills, new_job
+from tests.integration.delivery_support import SHORT_LIMITS, Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Retry, handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -34,16 +33,10 @@ async def test_a_shielded_downstream_statement_does_not_outlive_its_attempt(
     database_url: str, observer: asyncpg.Connection
 ) -> None:
     kills = Kills()
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(database_url, limits, kill=kills)
     other = Runtime(database_url, limits, kill=Kills())
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=0.3,
-    )
+    policy = quick_policy(0.3)
     # The handler's own connection to a downstream database (here: the same server).
     downstream = await asyncpg.connect(database_url)
     downstream_pid = downstream.get_server_pid()

@@ -24,12 +24,11 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import new_job
+from tests.integration.delivery_support import SHORT_LIMITS, new_job, quick_policy
 from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -42,16 +41,10 @@ async def test_a_hung_success_commit_does_not_leave_work_running_past_the_lease(
     proxy = Proxy(database_url)
     await proxy.start()
     kills: list[float] = []
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(proxy.url, limits, kill=lambda: kills.append(time.monotonic()))
     other = Runtime(database_url, limits, kill=lambda: None)  # another worker
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=5.0,
-    )
+    policy = quick_policy(5.0)
     intervals: list[list[float]] = []  # each attempt's requests in flight
     delivery_pid: list[int] = []
 

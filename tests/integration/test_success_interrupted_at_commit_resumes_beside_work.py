@@ -22,8 +22,7 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import Kills, new_job
+from tests.integration.delivery_support import Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.execute import INFRA_RETRY_SECONDS
 from worker_svc.runner import Interrupted, handle
@@ -41,13 +40,7 @@ async def test_a_success_cut_off_at_commit_is_not_resumed_beside_its_work(
     limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=10.0, kill_grace_seconds=1.0)
     runtime = Runtime(database_url, limits, kill=kills)
     other = Runtime(database_url, limits, kill=Kills())
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=5.0,
-    )
+    policy = quick_policy(5.0)
     intervals: list[list[float]] = []  # each attempt's requests in flight
     delivery_pid: list[int] = []
 

@@ -22,11 +22,10 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from relayq_core.retry import RetryPolicy
-from tests.integration.delivery_support import Kills, new_job
+from tests.integration.delivery_support import SHORT_LIMITS, Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Retry, handle
-from worker_svc.runtime import DeliveryLimits, Runtime
+from worker_svc.runtime import Runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -37,16 +36,10 @@ async def test_a_success_that_cannot_commit_does_not_leave_its_work_beside_the_r
     database_url: str, observer: asyncpg.Connection
 ) -> None:
     kills = Kills()
-    limits = DeliveryLimits(lock_wait_seconds=0.5, lease_seconds=3.0, kill_grace_seconds=1.0)
+    limits = SHORT_LIMITS
     runtime = Runtime(database_url, limits, kill=kills)
     other = Runtime(database_url, limits, kill=Kills())
-    policy = RetryPolicy(
-        base_delay_seconds=0.05,
-        max_delay_seconds=0.05,
-        max_retries=3,
-        jitter=0.0,
-        timeout_seconds=5.0,
-    )
+    policy = quick_policy(5.0)
     intervals: list[list[float]] = []  # each attempt's requests in flight
 
     def blocking_post(seconds: float) -> None:  # requests.post(...) to a downstream
