@@ -20,7 +20,7 @@ import asyncpg
 from ingest_svc.marks import EnqueueMarks
 from ingest_svc.metrics import JOBS_SUBMITTED
 from ingest_svc.outbox import Outbox, OutboxLimits
-from relayq_core.db.ledger import UNAVAILABLE_ERRORS, ExistingJob, JobLedger
+from relayq_core.db.ledger import UNWRITABLE_ERRORS, ExistingJob, JobLedger
 from relayq_core.errors import AlreadyExists, NotFound, RelayqError, Unavailable
 from relayq_core.jobs import JobRecord, JobSpec, JobState, SubmitResult
 from relayq_core.logging import get_logger, job_context
@@ -29,7 +29,7 @@ from relayq_core.telemetry import job_attributes, tag_current_span
 
 log = get_logger(__name__)
 
-_DB_ERRORS = UNAVAILABLE_ERRORS
+_DB_ERRORS = UNWRITABLE_ERRORS
 
 
 def _match(

@@ -80,6 +80,10 @@ async def call_handler(
         stop.attach(None)
 
 
+#: How long a success waits for the tasks it cancelled to end (they end at their next step).
+CANCELLED_SETTLE_SECONDS = 0.05
+
+
 class HandlerCancelled(Exception):
     """A ``CancelledError`` that escaped the handler without this delivery being cancelled."""
 
@@ -173,10 +177,15 @@ class Attempt:
             if not _asyncpg_cancel_request(task):
                 task.cancel()
         if not wait:
-            # A success: nothing waited for, so whatever is still running may outlive the
-            # attempt until the outcome is recorded (the lease kill stays armed meanwhile).
+            # A success: not waited for, beyond the moment cancelled tasks need to end, so
+            # whatever still runs then may outlive the attempt until the outcome is recorded
+            # (the lease kill stays armed meanwhile; a task that ended at its cancellation
+            # must not keep it armed through a slow commit).
+            pending: set[asyncio.Task[Any]] = set()
+            if leftover:
+                _, pending = await asyncio.wait(leftover, timeout=CANCELLED_SETTLE_SECONDS)
             executor = self._executor
-            self._work_left = bool(leftover) or (executor is not None and executor.busy > 0)
+            self._work_left = bool(pending) or (executor is not None and executor.busy > 0)
         else:
             # Half the kill grace: decided here, on the loop, before the supervisor's hard
             # deadline (time limit + grace) would make it decide from its thread.

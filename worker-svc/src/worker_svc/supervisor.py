@@ -182,7 +182,7 @@ class Supervisor:
                     if not watch.handler_done:
                         due = min(renew_at, kill_at, hard_at)
                     elif watch.work_left:
-                        due = min(renew_at, kill_at)
+                        due = min(renew_at, kill_at, hard_at)
                     else:
                         due = renew_at
                     wait = due - self._clock()
@@ -212,6 +212,16 @@ class Supervisor:
         if not watch.handler_done and now >= hard_at and not watch.timed_out:
             watch.timed_out = True
             await self._hard_timeout(watch, kill_at)
+        elif watch.handler_done and watch.work_left and now >= hard_at:
+            # Work the handler left (a task that swallowed its cancellation and blocks the
+            # loop, a thread) is still running at time limit + grace: nothing else bounds it
+            # while the delivery's session keeps the lease renewed. No record: the runner may
+            # be recording the real outcome this moment; the job comes back as a worker loss.
+            self._kill(
+                watch,
+                "timeout",
+                "work its handler left running outlived the time limit and its grace",
+            )
         elif (not watch.handler_done or watch.work_left) and now >= kill_at:
             self._kill(
                 watch,

@@ -35,8 +35,13 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # The connection's protocol state is broken (a pooled connection whose session was ended
     # under it: "cannot switch to state ..., another operation is in progress").
     asyncpg.InternalClientError,
-    # A ledger that takes no writes: a failover onto a read-only replica, a database set
-    # read-only. Not the request's fault; it passes when the primary is back.
+)
+#: For ingest, whose statements are its own: a ledger that takes no writes (a failover onto a
+#: read-only replica, a database set read-only) is an outage too. Not for the worker, where a
+#: read-only transaction may be the handler's own doing (``SET TRANSACTION READ ONLY``): that
+#: is its failure, retried with backoff.
+UNWRITABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE_ERRORS,
     asyncpg.ReadOnlySQLTransactionError,
 )
 
