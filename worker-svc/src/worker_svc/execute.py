@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from celery import Task
 
-from relayq_core.db.ledger import UNAVAILABLE_ERRORS
+from relayq_core.db.ledger import UNWRITABLE_ERRORS
 from relayq_core.logging import get_logger, job_context
 from worker_svc import spans
 from worker_svc.handoff import DlqUnreachable, HandedOff, hand_off
@@ -93,7 +93,7 @@ def execute(task: Task, handler: Handler, message: dict[str, Any]) -> Any:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database lost mid-attempt", attempt=exc.attempt)
             _again(task, INFRA_RETRY_SECONDS, _resume(message, exc.attempt), exc)
-        except UNAVAILABLE_ERRORS as exc:
+        except UNWRITABLE_ERRORS as exc:
             runtime.run(runtime.discard_connection())
             log.warning("job_deferred", reason="database unavailable", error=type(exc).__name__)
             _again(task, INFRA_RETRY_SECONDS, _resume(message, resuming), exc)
@@ -142,6 +142,6 @@ def _hand_off(task: Task, svc: Services, message: dict[str, Any], job_id: str) -
             "dead_letter_report_failed", code=exc.code, tries=tries + 1, countdown=countdown
         )
         _again(task, countdown, {**message, "dlq_report_tries": tries + 1}, exc)
-    except UNAVAILABLE_ERRORS as exc:
+    except UNWRITABLE_ERRORS as exc:
         runtime.run(runtime.discard_connection())
         _again(task, INFRA_RETRY_SECONDS, message, exc)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 
-from relayq_core.db.ledger import UNAVAILABLE_ERRORS, JobLedger
+from relayq_core.db.ledger import UNWRITABLE_ERRORS, JobLedger
 from relayq_core.deadletter import DeadLetterReport
 from relayq_core.logging import get_logger
 from worker_svc.dlq_client import DlqClient
@@ -55,7 +55,7 @@ async def hand_off(
         code = exc.code().name if isinstance(exc, grpc.Call) else type(exc).__name__
         try:
             await ledger.touch_staged_dead_letter(conn, job_id)
-        except UNAVAILABLE_ERRORS:
+        except UNWRITABLE_ERRORS:
             pass  # the retry goes ahead all the same; the reconciler is the safety net
         raise DlqUnreachable(code) from exc
     await ledger.mark_dead_lettered(conn, job_id, report.final_attempt)

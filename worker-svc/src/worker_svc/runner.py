@@ -43,6 +43,7 @@ import asyncpg
 
 from relayq_core.db.ledger import (
     UNAVAILABLE_ERRORS,
+    UNWRITABLE_ERRORS,
     AttemptSuperseded,
     Claim,
     JobLedger,
@@ -176,7 +177,7 @@ async def handle(
         decision = decide(run, policy, claim.failures if claim else 0)
         try:
             await settle(attempt.conn, ledger, delivery, run, decision)
-        except UNAVAILABLE_ERRORS as exc:
+        except UNWRITABLE_ERRORS as exc:  # relayq's own statements: read-only is the ledger's
             if run.attempt:
                 raise Interrupted(run.attempt) from exc
             raise
@@ -238,7 +239,7 @@ async def _run(
         raise
     except Exception as exc:
         # A ledger call of this delivery failed (a handler's failure never gets here).
-        if isinstance(exc, UNAVAILABLE_ERRORS) or attempt.conn.is_closed():
+        if isinstance(exc, UNWRITABLE_ERRORS) or attempt.conn.is_closed():
             raise Interrupted(claim.attempt) from exc
         raise
 
@@ -366,7 +367,11 @@ async def _run_claimed(
             raise _superseded(claim.attempt) from exc
         if not isinstance(exc, Exception):
             raise
-        if conn.is_closed() or isinstance(exc, UNAVAILABLE_ERRORS):
+        # Read-only is the ledger's outage when the statement was relayq's alone; in the
+        # handler's transaction it may be the handler's doing (SET TRANSACTION READ ONLY): its
+        # failure, and if the ledger is read-only after all, recording it says so.
+        ours = UNWRITABLE_ERRORS if transaction is None else UNAVAILABLE_ERRORS
+        if conn.is_closed() or isinstance(exc, ours):
             raise Interrupted(claim.attempt) from exc
         await attempt.end_transaction(ctx, cut=False)
         # The handler's transaction could not commit (a serialization failure, a deferred

@@ -86,6 +86,10 @@ class Watch:
     #: tasks or threads, not yet known to be over): the lease kill stays armed, so that work
     #: never outlives the lease, whatever recording the outcome takes.
     work_left: bool = False
+    #: That work was left by a success: the runner records and never kills for it, so the
+    #: supervisor kills it at time limit + grace (a failure's is killed by the runner once
+    #: recorded; killing first would lose the record).
+    left_by_success: bool = False
     lease_deadline: float = 0.0
     next_renewal: float = 0.0
     stop_sent: bool = False
@@ -182,7 +186,7 @@ class Supervisor:
                     if not watch.handler_done:
                         due = min(renew_at, kill_at, hard_at)
                     elif watch.work_left:
-                        due = min(renew_at, kill_at, hard_at)
+                        due = min(renew_at, kill_at, hard_at if watch.left_by_success else kill_at)
                     else:
                         due = renew_at
                     wait = due - self._clock()
@@ -212,7 +216,7 @@ class Supervisor:
         if not watch.handler_done and now >= hard_at and not watch.timed_out:
             watch.timed_out = True
             await self._hard_timeout(watch, kill_at)
-        elif watch.handler_done and watch.work_left and now >= hard_at:
+        elif watch.handler_done and watch.left_by_success and now >= hard_at:
             # Work the handler left (a task that swallowed its cancellation and blocks the
             # loop, a thread) is still running at time limit + grace: nothing else bounds it
             # while the delivery's session keeps the lease renewed. No record: the runner may
