@@ -174,6 +174,7 @@ def test_up_status_env_down(tmp_path: Path) -> None:
         # Ready is not the same as having loaded the targets: on a busy machine the target
         # list is empty for a moment after Prometheus answers.
         expected = [
+            "alertmanager",
             "prometheus",
             "relayq-dlq",
             "relayq-ingest",
