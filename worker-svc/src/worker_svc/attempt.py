@@ -127,8 +127,6 @@ class Attempt:
         self.must_kill = False
         #: Tasks or threads may still run after the handler returned (see quiesce).
         self._work_left = False
-        #: ... left by a success, which the runner never kills for: the supervisor bounds them.
-        self._left_by_success = False
 
     def begin(self, claim: Claim, lease_sent: float, record_timeout: TimeoutRecorder) -> None:
         """The handler is about to run: the connection's loss stops it, the supervisor watches
@@ -143,6 +141,9 @@ class Attempt:
         def stop_from_thread(reason: str) -> None:
             loop.call_soon_threadsafe(stop.request, reason)
 
+        def on_loop(callback: Callable[[], None]) -> None:
+            loop.call_soon_threadsafe(callback)
+
         delivery, policy = self.delivery, self.policy
         self._watch = Watch(
             job_id=delivery.job_id,
@@ -155,6 +156,7 @@ class Attempt:
             timeout=policy.timeout_seconds,
             stop=stop_from_thread,
             record_timeout=record_timeout,
+            ping=on_loop,
         )
         self.runtime.supervisor(self.ledger).begin(self._watch)
 
@@ -188,7 +190,6 @@ class Attempt:
                 _, pending = await asyncio.wait(leftover, timeout=CANCELLED_SETTLE_SECONDS)
             executor = self._executor
             self._work_left = bool(pending) or (executor is not None and executor.busy > 0)
-            self._left_by_success = self._work_left
         else:
             # Half the kill grace: decided here, on the loop, before the supervisor's hard
             # deadline (time limit + grace) would make it decide from its thread.
@@ -202,7 +203,6 @@ class Attempt:
             if executor is not None and not await executor.idle(remaining):
                 self.must_kill = True
             self._work_left = self.must_kill
-            self._left_by_success = False  # the runner records, then kills (kill_if_busy)
             if self.must_kill:
                 log.error(
                     "job_attempt_left_work_running",
@@ -264,7 +264,6 @@ class Attempt:
         if self._watch is not None:
             self._watch.handler_done = True
             self._watch.work_left = self.must_kill or self._work_left
-            self._watch.left_by_success = self._left_by_success
         self.runtime.attempt = None
 
     def end(self) -> None:

@@ -86,10 +86,11 @@ class Watch:
     #: tasks or threads, not yet known to be over): the lease kill stays armed, so that work
     #: never outlives the lease, whatever recording the outcome takes.
     work_left: bool = False
-    #: That work was left by a success: the runner records and never kills for it, so the
-    #: supervisor kills it at time limit + grace (a failure's is killed by the runner once
-    #: recorded; killing first would lose the record).
-    left_by_success: bool = False
+    #: Runs a callback on the delivery's event loop (thread-safe): how the supervisor tells a
+    #: loop that answers (recording, however slowly) from one that work left behind blocks.
+    ping: Callable[[Callable[[], None]], None] | None = None
+    #: When the unanswered ping was sent (monotonic), or None.
+    ping_sent: float | None = None
     lease_deadline: float = 0.0
     next_renewal: float = 0.0
     stop_sent: bool = False
@@ -186,7 +187,8 @@ class Supervisor:
                     if not watch.handler_done:
                         due = min(renew_at, kill_at, hard_at)
                     elif watch.work_left:
-                        due = min(renew_at, kill_at, hard_at if watch.left_by_success else kill_at)
+                        self._ping(watch)
+                        due = min(renew_at, kill_at, self._blocked_at(watch))
                     else:
                         due = renew_at
                     wait = due - self._clock()
@@ -216,15 +218,17 @@ class Supervisor:
         if not watch.handler_done and now >= hard_at and not watch.timed_out:
             watch.timed_out = True
             await self._hard_timeout(watch, kill_at)
-        elif watch.handler_done and watch.left_by_success and now >= hard_at:
-            # Work the handler left (a task that swallowed its cancellation and blocks the
-            # loop, a thread) is still running at time limit + grace: nothing else bounds it
-            # while the delivery's session keeps the lease renewed. No record: the runner may
-            # be recording the real outcome this moment; the job comes back as a worker loss.
+        elif watch.handler_done and watch.work_left and now >= self._blocked_at(watch):
+            # Work the handler left (a task that swallowed its cancellation and then made a
+            # blocking call) holds the event loop: the runner can neither record the outcome nor
+            # kill, and the delivery's session keeps the lease renewed, so nothing else would
+            # ever end it. No record (the loop that would make it is the one blocked): the job
+            # comes back as a worker loss. A loop that answers is left alone, however slowly it
+            # records.
             self._kill(
                 watch,
-                "timeout",
-                "work its handler left running outlived the time limit and its grace",
+                "loop_blocked",
+                "work its handler left blocks the event loop before the outcome is recorded",
             )
         elif (not watch.handler_done or watch.work_left) and now >= kill_at:
             self._kill(
@@ -234,6 +238,25 @@ class Supervisor:
             )
         elif now >= renew_at:
             await self._renew(watch, kill_at)
+
+    def _ping(self, watch: Watch) -> None:
+        """Asks the delivery's loop to answer, unless a ping is already on its way."""
+        if watch.ping is None or watch.ping_sent is not None:
+            return
+        watch.ping_sent = self._clock()
+
+        def pong() -> None:
+            watch.ping_sent = None
+
+        try:
+            watch.ping(pong)
+        except RuntimeError:  # the loop is closed: the delivery is over
+            watch.ping_sent = None
+
+    def _blocked_at(self, watch: Watch) -> float:
+        """When an unanswered ping means a blocked loop: a kill grace after it was sent."""
+        sent = watch.ping_sent
+        return float("inf") if sent is None else sent + self._grace
 
     async def _hard_timeout(self, watch: Watch, kill_at: float) -> None:
         log.error(
