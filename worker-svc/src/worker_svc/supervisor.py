@@ -174,23 +174,33 @@ class Supervisor:
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
+        last_wake = self._clock()
         try:
             while True:
                 with self._cond:
                     if self._closed:
                         return
+                    now = self._clock()
+                    stalled = now - last_wake > self.poll_seconds + max(1.0, self._grace / 2)
+                    last_wake = now
                     watch = self._watch
                     if watch is None:
                         self._cond.wait(self.poll_seconds)
                         continue
+                    if stalled:
+                        # This thread itself did not run for a while (the whole process frozen:
+                        # a paused container, a stolen VM): an unanswered ping proves nothing.
+                        watch.ping_sent = None
                     renew_at, kill_at, hard_at = self._deadlines(watch)
                     if not watch.handler_done:
                         due = min(renew_at, kill_at, hard_at)
-                    elif watch.work_left:
-                        self._ping(watch)
-                        due = min(renew_at, kill_at, self._blocked_at(watch))
                     else:
-                        due = renew_at
+                        # Once the handler returned, the loop must answer: whatever blocks it
+                        # (work left behind, seen by quiesce or not: a plain callback, a task
+                        # made after the look) keeps the outcome from being recorded.
+                        self._ping(watch)
+                        lease = kill_at if watch.work_left else renew_at
+                        due = min(renew_at, lease, self._blocked_at(watch))
                     wait = due - self._clock()
                     if wait > 0:
                         # Never longer than the poll: the watch may end, and another begin.
@@ -218,7 +228,7 @@ class Supervisor:
         if not watch.handler_done and now >= hard_at and not watch.timed_out:
             watch.timed_out = True
             await self._hard_timeout(watch, kill_at)
-        elif watch.handler_done and watch.work_left and now >= self._blocked_at(watch):
+        elif watch.handler_done and now >= self._blocked_at(watch):
             # Work the handler left (a task that swallowed its cancellation and then made a
             # blocking call) holds the event loop: the runner can neither record the outcome nor
             # kill, and the delivery's session keeps the lease renewed, so nothing else would
