@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -53,3 +54,41 @@ async def new_job(
     await LEDGER.insert_jobs(conn, [JobSpec(job_id, job_id, task, "default", {})])
     await LEDGER.mark_enqueued(conn, [job_id])
     return Delivery(task, job_id, job_id, {}, f"{prefix}-worker")
+
+
+class InFlight:
+    """Work in flight, as ``[start, end]`` intervals (``end`` infinite while it runs): an
+    attempt's requests, from its threads or its loop, to show two attempts never overlap."""
+
+    def __init__(self) -> None:
+        self.intervals: list[list[float]] = []
+
+    def _open(self) -> list[float]:
+        span = [time.monotonic(), float("inf")]
+        self.intervals.append(span)
+        return span
+
+    def blocking(self, seconds: float) -> None:
+        """A blocking request (``requests.post`` to a downstream), run in a thread."""
+        span = self._open()
+        time.sleep(seconds)
+        span[1] = time.monotonic()
+
+    async def brief(self, seconds: float) -> None:
+        """A request awaited on the loop."""
+        span = self._open()
+        await asyncio.sleep(seconds)
+        span[1] = time.monotonic()
+
+    async def settled(self) -> None:
+        """Waits until nothing is in flight."""
+        while any(end == float("inf") for _, end in self.intervals):
+            await asyncio.sleep(0.05)
+
+    @property
+    def last_start(self) -> float:
+        return self.intervals[-1][0]
+
+    def beside_the_last(self) -> list[list[float]]:
+        """The earlier intervals still in flight when the last began."""
+        return [s for s in self.intervals[:-1] if self.last_start < s[1]]

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from tests.integration.delivery_support import SHORT_LIMITS, new_job, quick_policy
+from tests.integration.delivery_support import SHORT_LIMITS, InFlight, new_job, quick_policy
 from tests.support.pg_proxy import Proxy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import handle
@@ -45,28 +45,19 @@ async def test_a_hung_success_commit_does_not_leave_work_running_past_the_lease(
     runtime = Runtime(proxy.url, limits, kill=lambda: kills.append(time.monotonic()))
     other = Runtime(database_url, limits, kill=lambda: None)  # another worker
     policy = quick_policy(5.0)
-    intervals: list[list[float]] = []  # each attempt's requests in flight
+    work = InFlight()  # each attempt's requests in flight
     delivery_pid: list[int] = []
-
-    def blocking_post(seconds: float) -> None:  # requests.post(...) to a downstream
-        span = [time.monotonic(), float("inf")]
-        intervals.append(span)
-        time.sleep(seconds)
-        span[1] = time.monotonic()
 
     async def sdk_handler(ctx: JobContext, payload: JsonObject) -> Any:
         if ctx.attempt > 1:
-            span = [time.monotonic(), float("inf")]
-            intervals.append(span)
-            await asyncio.sleep(0.1)
-            span[1] = time.monotonic()
+            await work.brief(0.1)
             return {"sent": True}
         db = await ctx.db()
         delivery_pid.append(db.get_server_pid())
         await db.execute("SELECT 1")  # the handler's own rows, committed with its success
         # A hedged request: two replicas asked, the first answer is taken.
-        fast = asyncio.ensure_future(asyncio.to_thread(blocking_post, 0.05))
-        slow = asyncio.ensure_future(asyncio.to_thread(blocking_post, 9.0))
+        fast = asyncio.ensure_future(asyncio.to_thread(work.blocking, 0.05))
+        slow = asyncio.ensure_future(asyncio.to_thread(work.blocking, 9.0))
         await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
         return {"sent": True}
 
@@ -91,10 +82,8 @@ async def test_a_hung_success_commit_does_not_leave_work_running_past_the_lease(
             await asyncio.wait_for(first, 10)
         await runtime.close()
         await other.close()
-        while any(s[1] == float("inf") for s in intervals):
-            await asyncio.sleep(0.05)
-    attempt_2 = intervals[-1]
-    overlaps = [s for s in intervals[:-1] if attempt_2[0] < s[1]]
-    killed_in_time = [k for k in kills if k < attempt_2[0]]
+        await work.settled()
+    overlaps = work.beside_the_last()
+    killed_in_time = [k for k in kills if k < work.last_start]
     # The promise: attempt 1's work ends with it, or its process is killed before attempt 2.
-    assert killed_in_time or overlaps == [], (kills, intervals)
+    assert killed_in_time or overlaps == [], (kills, work.intervals)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any
 
 import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from tests.integration.delivery_support import Kills, new_job, quick_policy
+from tests.integration.delivery_support import InFlight, Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.execute import INFRA_RETRY_SECONDS
 from worker_svc.runner import Interrupted, handle
@@ -41,21 +40,12 @@ async def test_a_success_cut_off_at_commit_is_not_resumed_beside_its_work(
     runtime = Runtime(database_url, limits, kill=kills)
     other = Runtime(database_url, limits, kill=Kills())
     policy = quick_policy(5.0)
-    intervals: list[list[float]] = []  # each attempt's requests in flight
+    work = InFlight()  # each attempt's requests in flight
     delivery_pid: list[int] = []
-
-    def blocking_post(seconds: float) -> None:  # requests.post(...) to a downstream
-        span = [time.monotonic(), float("inf")]
-        intervals.append(span)
-        time.sleep(seconds)
-        span[1] = time.monotonic()
 
     async def sdk_handler(ctx: JobContext, payload: JsonObject) -> Any:
         if ctx.attempt > 1:
-            span = [time.monotonic(), float("inf")]
-            intervals.append(span)
-            await asyncio.sleep(0.1)
-            span[1] = time.monotonic()
+            await work.brief(0.1)
             return {"sent": True}
         db = await ctx.db()
         delivery_pid.append(db.get_server_pid())
@@ -69,8 +59,8 @@ async def test_a_success_cut_off_at_commit_is_not_resumed_beside_its_work(
             "INSERT INTO effect_rows VALUES (1)"
         )
         # A hedged request: two replicas asked, the first answer is taken.
-        fast = asyncio.ensure_future(asyncio.to_thread(blocking_post, 0.05))
-        slow = asyncio.ensure_future(asyncio.to_thread(blocking_post, 5.0))
+        fast = asyncio.ensure_future(asyncio.to_thread(work.blocking, 0.05))
+        slow = asyncio.ensure_future(asyncio.to_thread(work.blocking, 5.0))
         await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
         return {"sent": True}
 
@@ -104,10 +94,8 @@ async def test_a_success_cut_off_at_commit_is_not_resumed_beside_its_work(
         cutter.cancel()
         await runtime.close()
         await other.close()
-        while any(s[1] == float("inf") for s in intervals):
-            await asyncio.sleep(0.05)
-    attempt_2 = intervals[-1]
-    overlaps = [s for s in intervals[:-1] if attempt_2[0] < s[1]]
-    detail = (killed_after_attempt_1, intervals)
+        await work.settled()
+    overlaps = work.beside_the_last()
+    detail = (killed_after_attempt_1, work.intervals)
     # The promise: attempt 1's work ends with it, or its process is killed before anyone resumes.
     assert killed_after_attempt_1 == 1 or overlaps == [], detail

@@ -15,14 +15,13 @@ kill grace for them and for its threads; what still runs then [...] the process 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import asyncpg
 import pytest
 
 from relayq_core.db.ledger import JobLedger
-from tests.integration.delivery_support import SHORT_LIMITS, Kills, new_job, quick_policy
+from tests.integration.delivery_support import SHORT_LIMITS, InFlight, Kills, new_job, quick_policy
 from worker_svc.context import JobContext, JsonObject
 from worker_svc.runner import Retry, handle
 from worker_svc.runtime import Runtime
@@ -40,20 +39,11 @@ async def test_a_success_that_cannot_commit_does_not_leave_its_work_beside_the_r
     runtime = Runtime(database_url, limits, kill=kills)
     other = Runtime(database_url, limits, kill=Kills())
     policy = quick_policy(5.0)
-    intervals: list[list[float]] = []  # each attempt's requests in flight
-
-    def blocking_post(seconds: float) -> None:  # requests.post(...) to a downstream
-        span = [time.monotonic(), float("inf")]
-        intervals.append(span)
-        time.sleep(seconds)
-        span[1] = time.monotonic()
+    work = InFlight()  # each attempt's requests in flight
 
     async def sdk_handler(ctx: JobContext, payload: JsonObject) -> Any:
         if ctx.attempt > 1:
-            span = [time.monotonic(), float("inf")]
-            intervals.append(span)
-            await asyncio.sleep(0.1)
-            span[1] = time.monotonic()
+            await work.brief(0.1)
             return {"sent": True}
         db = await ctx.db()
         # The handler's own rows, under a constraint checked at commit.
@@ -63,8 +53,8 @@ async def test_a_success_that_cannot_commit_does_not_leave_its_work_beside_the_r
         )
         await db.execute("INSERT INTO effect_effect VALUES (1), (1)")
         # A hedged request: two replicas asked, the first answer is taken.
-        fast = asyncio.ensure_future(asyncio.to_thread(blocking_post, 0.05))
-        slow = asyncio.ensure_future(asyncio.to_thread(blocking_post, 2.5))
+        fast = asyncio.ensure_future(asyncio.to_thread(work.blocking, 0.05))
+        slow = asyncio.ensure_future(asyncio.to_thread(work.blocking, 2.5))
         await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
         return {"sent": True}
 
@@ -78,10 +68,8 @@ async def test_a_success_that_cannot_commit_does_not_leave_its_work_beside_the_r
     finally:
         await runtime.close()
         await other.close()
-        while any(s[1] == float("inf") for s in intervals):
-            await asyncio.sleep(0.05)
-    attempt_2 = intervals[-1]
-    overlaps = [s for s in intervals[:-1] if attempt_2[0] < s[1]]
-    detail = (killed_after_attempt_1, run.failure, intervals)
+        await work.settled()
+    overlaps = work.beside_the_last()
+    detail = (killed_after_attempt_1, run.failure, work.intervals)
     # The promise: attempt 1's work ends with it, or its process is killed before the retry.
     assert killed_after_attempt_1 == 1 or overlaps == [], detail
