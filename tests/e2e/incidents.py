@@ -43,11 +43,6 @@ _FIRST = re.compile(
 )
 
 
-def read_env(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
-
-
 _ALERT_LINE = re.compile(r"^\*\*Alert:\*\* `(\w+)`", re.M)
 
 

@@ -27,13 +27,13 @@ import psutil
 import pytest
 import redis
 
+from relayq_devstack.envfile import read_env
 from relayq_devstack.state import StackState, StatePaths
 from tests.e2e.incidents import (
     BIN,
     REPO,
     Rehearsal,
     base_env,
-    read_env,
     submit,
 )
 

@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 
 from relayq.v1 import ingest_pb2, ingest_pb2_grpc, job_pb2
 from relayq_core.settings import repo_root
+from relayq_devstack.envfile import read_env
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +35,6 @@ BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 def blocks() -> list[str]:
     return BLOCK.findall((REPO / "docs" / "runbook.md").read_text())
-
-
-def read_env(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
 
 
 @pytest.fixture(scope="module")
